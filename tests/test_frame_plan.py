@@ -1,0 +1,116 @@
+"""Sampling and sizing math, over the whole input range."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from worker.errors import UnsupportedInputError
+from worker.frame_plan import (
+    MAX_ASPECT_RATIO,
+    VisionGeometry,
+    fit_frame_size,
+    plan_timestamps,
+    smart_resize,
+    video_tokens,
+)
+
+QWEN = VisionGeometry()
+durations = st.floats(min_value=0.01, max_value=4 * 3600, allow_nan=False)
+native = st.one_of(st.none(), st.floats(min_value=1.0, max_value=240.0))
+
+
+@given(durations, native, st.floats(min_value=0.1, max_value=30.0), st.integers(1, 100), st.sampled_from([1, 2]))
+def test_timestamps_properties(duration: float, fps: float | None, req: float, max_frames: int, multiple: int) -> None:
+    plan = plan_timestamps(duration, fps, req, max_frames, frame_multiple=multiple)
+    ts = plan.timestamps
+    assert 1 <= len(ts) <= max_frames
+    assert all(0 <= t < duration for t in ts)
+    assert all(a < b for a, b in zip(ts, ts[1:]))
+    if len(ts) >= multiple:
+        assert len(ts) % multiple == 0
+    rate = req if fps is None else min(req, fps)
+    # Never denser than the rate asked for (and the native rate); one frame minimum.
+    assert len(ts) <= max(1, math.floor(duration * rate + 1e-6))
+    assert plan.fps_used == pytest.approx(len(ts) / duration)
+    # Uniform: equal gaps.
+    gaps = [b - a for a, b in zip(ts, ts[1:])]
+    assert all(g == pytest.approx(gaps[0], abs=2e-6) for g in gaps)
+
+
+def test_timestamps_examples() -> None:
+    assert plan_timestamps(10.0, 30.0, 1.0, 30).timestamps == [i + 0.5 for i in range(10)]
+    assert len(plan_timestamps(600.0, 30.0, 1.0, 30).timestamps) == 30
+    # Asking for more than the video has: capped at the native rate.
+    assert len(plan_timestamps(2.0, 5.0, 30.0, 100).timestamps) == 10
+    # Shorter than one interval: one frame, in the middle.
+    assert plan_timestamps(0.5, 30.0, 1.0, 30).timestamps == [0.25]
+    assert len(plan_timestamps(7.0, 30.0, 1.0, 30, frame_multiple=2).timestamps) == 6
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("inf"), float("nan")])
+def test_timestamps_reject_bad_duration(bad: float) -> None:
+    with pytest.raises(ValueError):
+        plan_timestamps(bad, 30.0, 1.0, 10)
+
+
+sides = st.integers(1, 8000)
+
+
+@given(sides, sides, st.integers(56 * 56, 1024 * 1024), st.integers(1, 16))
+def test_smart_resize_properties(h: int, w: int, min_pixels: int, span: int) -> None:
+    max_pixels = min_pixels * span
+    if max(h, w) / min(h, w) > MAX_ASPECT_RATIO:
+        with pytest.raises(UnsupportedInputError):
+            smart_resize(h, w, factor=28, min_pixels=min_pixels, max_pixels=max_pixels)
+        return
+    rh, rw = smart_resize(h, w, factor=28, min_pixels=min_pixels, max_pixels=max_pixels)
+    assert rh % 28 == 0 and rw % 28 == 0 and rh >= 28 and rw >= 28
+    assert rh * rw <= max_pixels
+    if max_pixels >= 2 * min_pixels:
+        assert rh * rw >= min_pixels
+    # Orientation is kept.
+    if h >= 2 * w:
+        assert rh >= rw
+    if w >= 2 * h:
+        assert rw >= rh
+
+
+def test_smart_resize_matches_transformers_in_its_domain() -> None:
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize as reference
+
+    for h, w in [(720, 1280), (1080, 1920), (480, 640), (100, 3000), (2160, 3840), (60, 60)]:
+        for lo, hi in [(56 * 56, 448 * 448), (3136, 12845056), (128 * 28 * 28, 768 * 28 * 28)]:
+            assert smart_resize(h, w, factor=28, min_pixels=lo, max_pixels=hi) == reference(
+                h, w, factor=28, min_pixels=lo, max_pixels=hi
+            )
+
+
+@given(sides, sides, st.integers(1, 100), st.integers(500, 120_000))
+def test_fit_frame_size_fits_the_budget(h: int, w: int, frames: int, budget: int) -> None:
+    if max(h, w) / min(h, w) > MAX_ASPECT_RATIO:
+        return
+    try:
+        rh, rw = fit_frame_size(h, w, frames, max_visual_tokens=budget, min_pixels=56 * 56, max_pixels=448 * 448, geometry=QWEN)
+    except UnsupportedInputError:
+        # Only when even the smallest allowed frames would not fit.
+        assert math.ceil(frames / 2) * 4 > budget
+        return
+    assert video_tokens(frames, rh, rw, QWEN) <= budget
+    assert rh * rw <= 448 * 448
+
+
+def test_fit_frame_size_example_720p() -> None:
+    # 30 frames of 720p with a 32k context: capped by VIDEO_MAX_PIXELS, not by the budget.
+    assert fit_frame_size(720, 1280, 30, max_visual_tokens=31_000, min_pixels=3136, max_pixels=448 * 448, geometry=QWEN) == (336, 588)
+    # A 4k context forces smaller frames.
+    rh, rw = fit_frame_size(720, 1280, 30, max_visual_tokens=3000, min_pixels=3136, max_pixels=448 * 448, geometry=QWEN)
+    assert video_tokens(30, rh, rw, QWEN) <= 3000 and rw > rh
+
+
+def test_video_tokens() -> None:
+    assert video_tokens(30, 336, 588, QWEN) == 15 * 12 * 21
+    assert video_tokens(1, 56, 56, QWEN) == 4

@@ -1,0 +1,116 @@
+"""Request validation: defaults, ranges, unknown fields, media-source rules."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from worker.errors import ValidationError
+from worker.schema import PATH_MAX, CaptionRequest, MediaSource, classify_video, parse_request
+
+
+def parse(**fields: object) -> CaptionRequest:
+    return parse_request(fields, max_frames_limit=100)
+
+
+def problems(**fields: object) -> dict[str, str]:
+    with pytest.raises(ValidationError) as info:
+        parse(**fields)
+    return {p["field"]: p["message"] for p in info.value.details}
+
+
+def test_defaults() -> None:
+    req = parse(video="https://example.com/v.mp4")
+    assert (req.prompt, req.fps, req.max_frames, req.temperature, req.top_p, req.max_tokens) == (
+        "Describe this video in detail.", 1.0, 30, 0.7, 0.9, 512
+    )
+    assert req.process_audio is False and req.top_k is None and req.stop_list == []
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("fps", 0.09), ("fps", 30.5), ("max_frames", 0), ("max_frames", 101), ("temperature", -0.1),
+        ("temperature", 2.1), ("top_p", 0.0), ("top_p", 1.01), ("max_tokens", 0), ("max_tokens", 2049),
+        ("top_k", 0), ("repetition_penalty", 0.0), ("seed", -1), ("fps", float("nan")), ("fps", "2"),
+        ("process_audio", "true"), ("max_frames", 3.0), ("prompt", ""), ("stop", [""]), ("stop", 5),
+    ],
+)
+def test_out_of_range_or_wrong_type_is_rejected_not_clamped(field: str, value: object) -> None:
+    assert field in problems(video="https://e.com/v.mp4", **{field: value})
+
+
+@pytest.mark.parametrize("field,value", [("fps", 0.1), ("fps", 30), ("max_frames", 1), ("max_frames", 100),
+                                         ("temperature", 0), ("temperature", 2), ("top_p", 1), ("max_tokens", 2048)])
+def test_boundaries_are_accepted(field: str, value: object) -> None:
+    assert getattr(parse(video="https://e.com/v.mp4", **{field: value}), field) == value
+
+
+def test_every_bad_field_is_named() -> None:
+    found = problems(video="https://e.com/v.mp4", fps=99, temperature=5, colour="red")
+    assert set(found) == {"fps", "temperature", "colour"}
+
+
+def test_max_frames_limit_comes_from_the_deployment() -> None:
+    assert parse_request({"video": "/tmp/a.mp4", "max_frames": 150}, max_frames_limit=200).max_frames == 150
+    with pytest.raises(ValidationError, match="MAX_FRAMES_LIMIT"):
+        parse_request({"video": "/tmp/a.mp4", "max_frames": 20}, max_frames_limit=10)
+
+
+def test_input_must_be_an_object() -> None:
+    for raw in (None, "video", [1], 3):
+        with pytest.raises(ValidationError, match="JSON object"):
+            parse_request(raw, max_frames_limit=100)
+
+
+def test_exactly_one_source() -> None:
+    assert "input" in problems()
+    assert "input" in problems(video="/tmp/a.mp4", video_url="https://e.com/a.mp4")
+
+
+def test_long_bad_input_is_truncated_in_details() -> None:
+    with pytest.raises(ValidationError) as info:
+        parse(video="https://e.com/v.mp4", stop=["a" * 1000])
+    for p in info.value.details:
+        assert len(repr(p.get("input", ""))) < 120
+
+
+B64 = base64.b64encode(b"\x00\x00\x00\x20ftypisom" + bytes(100)).decode()
+
+
+@pytest.mark.parametrize(
+    "value,kind,payload",
+    [
+        ("https://e.com/v.mp4?sig=1", "url", None),
+        ("HTTP://E.COM/v.mp4", "url", None),
+        ("/runpod-volume/clips/a b.mp4", "path", None),
+        (B64, "base64", B64),
+        (f"data:video/mp4;base64,{B64}", "base64", B64),
+        (f"data:video/mp4;codecs=avc1;base64,{B64}", "base64", B64),
+        ("/" + "A" * PATH_MAX, "base64", None),  # too long for a path: base64 that starts with "/"
+    ],
+)
+def test_video_source_rules(value: str, kind: str, payload: str | None) -> None:
+    source = classify_video(value)
+    assert source.kind == kind
+    if payload is not None:
+        assert source.value == payload
+
+
+@pytest.mark.parametrize("value", ["file:///etc/passwd", "ftp://e.com/a.mp4", "data:video/mp4,notbase64"])
+def test_rejected_sources(value: str) -> None:
+    assert "input" in problems(video=value)
+
+
+def test_explicit_source_fields() -> None:
+    assert parse(video_base64="/9j/4AAQ").source == MediaSource("base64", "/9j/4AAQ")
+    assert parse(video_base64=f"data:video/mp4;base64,{B64}").source == MediaSource("base64", B64)
+    assert parse(video_path="/tmp/x.mp4").source == MediaSource("path", "/tmp/x.mp4")
+    assert parse(video_url="https://e.com/x").source.kind == "url"
+    assert "video_path" in problems(video_path="relative/x.mp4")
+    assert "video_url" in problems(video_url="/tmp/x.mp4")
+
+
+def test_source_description_never_contains_the_payload() -> None:
+    assert B64 not in classify_video(B64).describe()
