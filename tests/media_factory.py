@@ -1,0 +1,104 @@
+"""Test videos made with PyAV, so the suite needs no fixtures on disk.
+
+Frame i of n is a flat gray of level ``frame_level(i, n)`` (a ramp from 16 to 235) with a white
+marker square in the coded top-left corner, so a test can tell which frame it got and which way up it is.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+MARKER = 8  # side of the corner marker, pixels
+
+
+def frame_level(index: int, count: int) -> int:
+    return 16 + round(219 * index / max(1, count - 1))
+
+
+def make_video(
+    path: Path,
+    *,
+    seconds: float = 2.0,
+    fps: int = 10,
+    width: int = 64,
+    height: int = 48,
+    codec: str = "libx264",
+    audio: str | None = None,
+    audio_rate: int = 44_100,
+    audio_channels: int = 2,
+    audio_seconds: float | None = None,
+    rotation: int = 0,
+    vfr: bool = False,
+    gop: int | None = None,
+) -> Path:
+    """Write a test video. ``vfr`` spaces frames alternately 0.5x and 1.5x the nominal interval.
+    ``rotation`` is the counter-clockwise display rotation stored in the container's display matrix."""
+    count = max(1, round(seconds * fps))
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height = width, height
+        # 4:2:0 chroma needs even sides; odd-sized test videos use 4:4:4.
+        stream.pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
+        # 1 ms ticks let VFR frames land between nominal instants.
+        stream.time_base = Fraction(1, 1000)
+        stream.codec_context.time_base = Fraction(1, 1000)
+        if gop:
+            stream.codec_context.gop_size = gop
+        if rotation:
+            stream.set_display_rotation(rotation)
+        astream = None
+        if audio:
+            astream = container.add_stream(audio, rate=48_000 if audio in ("libopus", "opus") else audio_rate)
+            astream.layout = "stereo" if audio_channels == 2 else ("mono" if audio_channels == 1 else "5.1")
+        pts = 0.0
+        for i in range(count):
+            img = np.full((height, width, 3), frame_level(i, count), dtype=np.uint8)
+            img[: min(MARKER, height), : min(MARKER, width)] = 255
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts = round(pts * 1000)
+            frame.time_base = Fraction(1, 1000)
+            container.mux(stream.encode(frame))
+            step = 1.0 / fps
+            pts += step * (0.5 if i % 2 == 0 else 1.5) if vfr else step
+        container.mux(stream.encode(None))
+        if astream is not None:
+            _write_tone(container, astream, audio_seconds if audio_seconds is not None else seconds)
+    return path
+
+
+def _write_tone(container: av.container.OutputContainer, stream: av.audio.stream.AudioStream, seconds: float) -> None:
+    rate = stream.codec_context.sample_rate
+    channels = stream.codec_context.layout.nb_channels
+    fmt = stream.codec_context.format.name
+    frame_size = stream.codec_context.frame_size or 1024
+    total = round(seconds * rate)
+    t = np.arange(total) / rate
+    tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    resampler = av.AudioResampler(format=fmt, layout=stream.codec_context.layout, rate=rate)
+    for start in range(0, total, frame_size):
+        chunk = np.tile(tone[start : start + frame_size], (channels, 1))
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk), format="fltp", layout=stream.codec_context.layout)
+        frame.sample_rate = rate
+        frame.pts = start
+        for out in resampler.resample(frame):
+            container.mux(stream.encode(out))
+    container.mux(stream.encode(None))
+
+
+def make_corrupt(path: Path, kind: str, source: Path | None = None) -> Path:
+    """``truncated`` (first third of ``source``), ``zero`` (empty file) or ``text``."""
+    if kind == "truncated":
+        assert source is not None
+        data = source.read_bytes()
+        path.write_bytes(data[: len(data) // 3])
+    elif kind == "zero":
+        path.write_bytes(b"")
+    elif kind == "text":
+        path.write_text("this is not a video\n" * 50)
+    else:
+        raise ValueError(kind)
+    return path
