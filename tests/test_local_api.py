@@ -1,0 +1,195 @@
+"""The runpod SDK's local API (`python handler.py --rp_serve_api`) over real HTTP, real CPU engine."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from transformers import AutoTokenizer
+
+from tests.media_factory import make_corrupt
+from worker.frame_plan import VisionGeometry, video_tokens
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.timeout(900)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def api(worker_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("logs") / "api.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "handler.py", "--rp_serve_api", "--rp_api_host", "127.0.0.1", "--rp_api_port", str(port)],
+            cwd=ROOT, env=worker_env, stdout=log, stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 600
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"worker exited with {proc.returncode}:\n{log_path.read_text()[-5000:]}")
+            try:
+                requests.get(f"{url}/docs", timeout=2)
+                break
+            except requests.ConnectionError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"worker did not start:\n{log_path.read_text()[-5000:]}")
+                time.sleep(2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def runsync(api: str, job_input: dict[str, Any]) -> dict[str, Any]:
+    response = requests.post(f"{api}/runsync", json={"input": job_input}, timeout=600)
+    response.raise_for_status()
+    return response.json()
+
+
+def error_of(body: dict[str, Any]) -> dict[str, Any]:
+    assert body["status"] == "FAILED", body
+    return json.loads(body["error"])
+
+
+@pytest.fixture(scope="module")
+def clip(video: Callable[..., Path]) -> Path:
+    return video("api_clip.mp4", seconds=6.0, fps=10, width=96, height=64, audio="aac")
+
+
+@pytest.fixture(scope="module")
+def expected_text_tokens(tiny_model: Path) -> Callable[[str], int]:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+
+    def count(prompt: str) -> int:
+        messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt}]}]
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return len(tokenizer(text)["input_ids"]) - 1  # the single <|video_pad|> placeholder is expanded
+
+    return count
+
+
+def test_runsync_caption_with_honest_metadata(
+    api: str, clip: Path, expected_text_tokens: Callable[[str], int], work_dir: Path
+) -> None:
+    body = runsync(api, {"video": str(clip), "fps": 2.0, "max_frames": 10, "max_tokens": 16, "seed": 1})
+    assert body["status"] == "COMPLETED", body
+    out = body["output"]
+    meta = out["metadata"]
+    assert isinstance(out["caption"], str)
+    assert meta["num_frames"] == 10 and meta["fps_used"] == pytest.approx(10 / 6.0)
+    assert meta["frame_timestamps"] == sorted(meta["frame_timestamps"]) and meta["frame_timestamps"][-1] < 6.0
+    assert meta["video"]["has_audio"] is True and meta["audio_processed"] is False
+    assert 1 <= meta["completion_tokens"] <= 16
+    assert set(meta["timings"]) == {"fetch", "decode", "inference"}
+    # The planner's token budget is what the engine really got: text + visual tokens, nothing resized.
+    width, height = meta["frame_size"]
+    visual = video_tokens(10, height, width, VisionGeometry())
+    assert meta["prompt_tokens"] == expected_text_tokens("Describe this video in detail.") + visual
+    assert list(work_dir.iterdir()) == []
+
+
+def test_base64_and_url_inputs(api: str, clip: Path, tmp_path: Path) -> None:
+    import http.server
+    import threading
+    from functools import partial
+
+    payload = base64.b64encode(clip.read_bytes()).decode()
+    for job in ({"video": payload}, {"video": f"data:video/mp4;base64,{payload}"}, {"video_base64": payload}):
+        body = runsync(api, job | {"max_frames": 4, "max_tokens": 8})
+        assert body["status"] == "COMPLETED", body
+        assert body["output"]["metadata"]["num_frames"] == 4
+
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(clip.parent))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/{clip.name}"
+        body = runsync(api, {"video": url, "max_frames": 4, "max_tokens": 8})
+        assert body["status"] == "COMPLETED", body
+    finally:
+        httpd.shutdown()
+
+
+def test_run_then_status(api: str, clip: Path) -> None:
+    job = requests.post(f"{api}/run", json={"input": {"video": str(clip), "max_frames": 4, "max_tokens": 8}}, timeout=30)
+    job.raise_for_status()
+    job_id = job.json()["id"]
+    assert job.json()["status"] == "IN_PROGRESS"
+    for _ in range(60):
+        status = requests.post(f"{api}/status/{job_id}", timeout=600).json()
+        if status["status"] in ("COMPLETED", "FAILED"):
+            break
+        time.sleep(1)
+    assert status["status"] == "COMPLETED", status
+    assert status["output"]["metadata"]["num_frames"] == 4
+
+
+def test_eight_concurrent_jobs(api: str, video: Callable[..., Path]) -> None:
+    clips = [video(f"conc_{i}.mp4", seconds=2.0 + i, fps=10, width=64, height=48) for i in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        bodies = list(pool.map(lambda c: runsync(api, {"video": str(c), "max_frames": 4, "max_tokens": 12}), clips))
+    assert [b["status"] for b in bodies] == ["COMPLETED"] * 8, bodies
+    durations = [round(b["output"]["metadata"]["video"]["duration"]) for b in bodies]
+    assert durations == [2 + i for i in range(8)]  # each job got its own video back
+
+
+def test_bad_jobs_between_good_ones(api: str, clip: Path, media_dir: Path, work_dir: Path) -> None:
+    text_file = make_corrupt(media_dir / "not_a_video.mp4", "text")
+    truncated = make_corrupt(media_dir / "truncated.mp4", "truncated", source=clip)
+    jobs: list[tuple[dict[str, Any], str | None]] = [
+        ({"video": str(clip), "max_frames": 2, "max_tokens": 4}, None),
+        ({"video": str(clip), "fps": 99, "colour": "red"}, "validation_error"),
+        ({"video": str(text_file)}, "decode_error"),
+        ({"video": str(truncated)}, "decode_error"),
+        ({"video": "/etc/passwd"}, "fetch_error"),
+        ({"video": "http://127.0.0.1:9/none.mp4"}, "fetch_error"),
+        ({"video": "bm90IGEgdmlkZW8="}, "decode_error"),
+        ({"video": str(clip), "max_frames": 2, "max_tokens": 4}, None),
+    ]
+    for job, expected in jobs:
+        body = runsync(api, job)
+        if expected is None:
+            assert body["status"] == "COMPLETED", body
+        else:
+            error = error_of(body)
+            assert error["type"] == expected, (job, error)
+            assert error["message"] and error["traceback"] is None
+    validation = error_of(runsync(api, {"video": str(clip), "fps": 99, "colour": "red"}))
+    assert {d["field"] for d in validation["details"]} == {"fps", "colour"}
+    assert list(work_dir.iterdir()) == []
+
+
+def test_process_audio_on_a_vision_only_model_warns(api: str, clip: Path) -> None:
+    body = runsync(api, {"video": str(clip), "process_audio": True, "max_frames": 2, "max_tokens": 4})
+    meta = body["output"]["metadata"]
+    assert meta["audio_processed"] is False
+    assert meta["video"]["audio_seconds"] == pytest.approx(6.0, abs=0.1)
+    assert any("process_audio" in w and "no audio input" in w for w in meta["warnings"])
+
+
+def test_portrait_rotated_video(api: str, video: Callable[..., Path]) -> None:
+    path = video("portrait.mp4", seconds=2.0, width=96, height=64, rotation=90)
+    meta = runsync(api, {"video": str(path), "max_frames": 2, "max_tokens": 4})["output"]["metadata"]
+    width, height = meta["frame_size"]
+    assert height > width and (meta["video"]["width"], meta["video"]["height"]) == (64, 96)

@@ -1,0 +1,22 @@
+"""One adapter per model family, chosen from the model config's ``architectures``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from worker.adapters.base import ModelAdapter
+from worker.adapters.qwen2_5_vl import Qwen25VLAdapter
+from worker.errors import EngineError
+
+ADAPTERS: tuple[type[ModelAdapter], ...] = (Qwen25VLAdapter,)
+
+
+def adapter_for(architectures: Sequence[str] | None) -> ModelAdapter:
+    for cls in ADAPTERS:
+        if any(arch in cls.architectures for arch in architectures or ()):
+            return cls()
+    supported = sorted(arch for cls in ADAPTERS for arch in cls.architectures)
+    raise EngineError(f"model architectures {list(architectures or [])} are not supported; supported: {supported}")
+
+
+__all__ = ["ADAPTERS", "ModelAdapter", "adapter_for"]

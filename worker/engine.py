@@ -1,0 +1,153 @@
+"""The vLLM engine: built once per process at cold start and shared by all jobs.
+
+vLLM's AsyncLLM batches whatever requests are in flight, so concurrent jobs simply call ``generate``.
+A failed start is kept, not raised: the worker stays up and every job reports what failed (a crash loop
+would only make RunPod restart the same failure).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from worker.adapters import ModelAdapter, adapter_for
+from worker.config import Settings
+from worker.errors import EngineError, UnsupportedInputError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str | None
+
+
+@dataclass(frozen=True)
+class PixelLimits:
+    min_pixels: int
+    max_pixels: int
+
+
+class Engine:
+    def __init__(self, llm: Any, adapter: ModelAdapter, tokenizer: Any, model: str, pixels: PixelLimits) -> None:
+        self.llm = llm
+        self.adapter = adapter
+        self.tokenizer = tokenizer
+        self.model = model
+        self.pixels = pixels
+        self.max_model_len: int = llm.vllm_config.model_config.max_model_len
+
+    @classmethod
+    def build(cls, settings: Settings) -> Engine:
+        # Imported here: `import vllm` takes ~20 s and is only needed once the engine is really built.
+        from transformers import AutoConfig
+        from vllm import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        hf_config = AutoConfig.from_pretrained(
+            settings.model_name, revision=settings.model_revision, trust_remote_code=settings.trust_remote_code
+        )
+        adapter = adapter_for(getattr(hf_config, "architectures", None))
+        args = AsyncEngineArgs(
+            model=settings.model_name,
+            revision=settings.model_revision,
+            tokenizer=settings.tokenizer_name,
+            max_model_len=settings.max_model_len,
+            gpu_memory_utilization=settings.gpu_memory_utilization,
+            dtype=settings.dtype,
+            enforce_eager=settings.enforce_eager,
+            load_format=settings.load_format,
+            max_num_seqs=settings.max_num_seqs,
+            tensor_parallel_size=settings.tensor_parallel_size,
+            trust_remote_code=settings.trust_remote_code,
+            seed=settings.seed,
+            **adapter.engine_kwargs(settings.max_frames_limit, settings.video_max_pixels),
+        )
+        started = time.perf_counter()
+        llm = AsyncLLM.from_engine_args(args)
+        log.info("engine ready in %.1f s (%s, adapter %s)", time.perf_counter() - started, settings.model_name, adapter.family)
+        pixels = _pixel_limits(settings)
+        return cls(llm, adapter, llm.get_tokenizer(), settings.model_name, pixels)
+
+    async def generate(self, inputs: dict[str, Any], sampling: dict[str, Any], request_id: str) -> Generation:
+        from vllm import SamplingParams
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        params = SamplingParams(**sampling)
+        final = None
+        try:
+            stream: AsyncIterator[Any] = self.llm.generate(inputs, params, request_id)
+            async for output in stream:
+                final = output
+        except EngineDeadError as exc:
+            raise EngineError("the inference engine died while serving this job; the worker must restart") from exc
+        except ValueError as exc:
+            # vLLM's input checks (prompt longer than MAX_MODEL_LEN, bad multimodal data) raise ValueError.
+            raise UnsupportedInputError(f"the engine rejected the request: {exc}") from exc
+        if final is None or not final.outputs:
+            raise EngineError("the engine returned no output")
+        completion = final.outputs[0]
+        return Generation(
+            text=completion.text,
+            prompt_tokens=len(final.prompt_token_ids or []),
+            completion_tokens=len(completion.token_ids),
+            finish_reason=completion.finish_reason,
+        )
+
+    @property
+    def healthy(self) -> bool:
+        return not self.llm.errored
+
+    def shutdown(self) -> None:
+        self.llm.shutdown()
+
+
+def _pixel_limits(settings: Settings) -> PixelLimits:
+    """Frame pixel range: the deployment's VIDEO_MIN/MAX_PIXELS within what the model's video processor
+    accepts, so the processor never resizes what the planner sized."""
+    from transformers import AutoVideoProcessor
+
+    processor = AutoVideoProcessor.from_pretrained(
+        settings.model_name, revision=settings.model_revision, trust_remote_code=settings.trust_remote_code
+    )
+    size = getattr(processor, "size", None) or {}
+    low = int(size.get("shortest_edge") or getattr(processor, "min_pixels", 0) or 0)
+    high = int(size.get("longest_edge") or getattr(processor, "max_pixels", 0) or settings.video_max_pixels)
+    limits = PixelLimits(max(settings.video_min_pixels, low), min(settings.video_max_pixels, high))
+    if limits.min_pixels > limits.max_pixels:
+        raise EngineError(
+            f"VIDEO_MIN_PIXELS/VIDEO_MAX_PIXELS ({settings.video_min_pixels}/{settings.video_max_pixels}) leave no "
+            f"room within the model's video processor range [{low}, {high}]"
+        )
+    return limits
+
+
+class EngineSlot:
+    """Holds the process's engine, or the reason it could not be built."""
+
+    def __init__(self) -> None:
+        self._engine: Engine | None = None
+        self._failure: str | None = None
+
+    def start(self, settings: Settings) -> None:
+        try:
+            self._engine = Engine.build(settings)
+        except Exception as exc:  # any start failure must leave the worker serving errors, not crash-looping
+            self._failure = f"{type(exc).__name__}: {exc}"
+            log.exception("engine failed to start; every job will report it")
+
+    def set(self, engine: Engine) -> None:
+        self._engine, self._failure = engine, None
+
+    def get(self) -> Engine:
+        if self._engine is None:
+            raise EngineError(f"the inference engine failed to start: {self._failure or 'not started'}")
+        if not self._engine.healthy:
+            raise EngineError("the inference engine has stopped; the worker must restart")
+        return self._engine

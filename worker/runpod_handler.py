@@ -1,0 +1,46 @@
+"""Glue between the runpod SDK and the caption service."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from worker.config import Settings, get_settings
+from worker.engine import EngineSlot
+from worker.pipeline import CaptionService
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+def make_handler(service: CaptionService) -> Handler:
+    async def handler(job: dict[str, Any]) -> dict[str, Any]:
+        output = await service.handle(job.get("input"), job.get("id"))
+        if "error" in output:
+            # RunPod marks a job FAILED when the output has "error", and its API carries that error as a
+            # string (the SDK's local API rejects anything else), so the structured error travels as JSON
+            # text: json.loads(response["error"]) gives {"type", "message", "traceback", ...}.
+            return {"error": json.dumps(output["error"])}
+        return output
+
+    return handler
+
+
+def build_worker(settings: Settings | None = None) -> dict[str, Any]:
+    """Everything ``runpod.serverless.start`` needs. Builds the engine now, at cold start, once."""
+    settings = settings or get_settings()
+    logging.basicConfig(
+        level=logging.DEBUG if settings.debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    slot = EngineSlot()
+    slot.start(settings)
+    service = CaptionService(settings, slot)
+    return {
+        "handler": make_handler(service),
+        # Jobs in flight at once; vLLM batches their generation and their decodes overlap it.
+        "concurrency_modifier": lambda current: settings.max_concurrency,
+    }
