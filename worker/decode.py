@@ -199,7 +199,9 @@ def decode_frames(path: Path, probe_result: Probe, timestamps: list[float], size
         except av.error.FFmpegError as exc:
             if not frames:
                 raise DecodeError(f"the video stream cannot be decoded: {_describe(exc)}") from exc
-            log.warning("decode stopped early (%s); using %d of %d frames", _describe(exc), len(frames), len(timestamps))
+            log.warning(
+                "decode stopped early (%s); using %d of %d frames", _describe(exc), len(frames), len(timestamps)
+            )
     if not frames:
         raise DecodeError("no frame could be decoded at the sampled instants")
     fps = probe_result.fps or (len(times) / probe_result.duration)

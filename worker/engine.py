@@ -71,7 +71,8 @@ class Engine:
         )
         started = time.perf_counter()
         llm = AsyncLLM.from_engine_args(args)
-        log.info("engine ready in %.1f s (%s, adapter %s)", time.perf_counter() - started, settings.model_name, adapter.family)
+        elapsed = time.perf_counter() - started
+        log.info("engine ready in %.1f s (%s, adapter %s)", elapsed, settings.model_name, adapter.family)
         pixels = _pixel_limits(settings)
         return cls(llm, adapter, llm.get_tokenizer(), settings.model_name, pixels)
 

@@ -1,0 +1,118 @@
+"""GPU check of the worker pipeline (issue 2): engine start time, one job's latency, and jobs/s with N jobs
+in flight, through the same CaptionService the RunPod handler uses, on a 7B-shaped dummy model.
+
+    python bench/gpu_check.py --concurrency 16      # on a GPU host; prints RESULT {json}
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.media_factory import make_video  # noqa: E402
+from worker.config import Settings  # noqa: E402
+from worker.dummy_model import build_dummy_model  # noqa: E402
+from worker.engine import EngineSlot  # noqa: E402
+from worker.pipeline import CaptionService  # noqa: E402
+
+
+def gpu_memory_used_mib() -> int | None:
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+            capture_output=True, text=True, check=True,
+        )
+        return int(out.stdout.split()[0])
+    except (OSError, subprocess.CalledProcessError, ValueError, IndexError):
+        return None
+
+
+async def measure(service: CaptionService, video: Path, concurrency: int, max_tokens: int) -> dict:
+    job = {"video": str(video), "max_tokens": max_tokens}
+    # The first job pays one-time processor set-up in vLLM's front end; report it apart.
+    t = time.perf_counter()
+    first = await service.handle(job)
+    first_s = time.perf_counter() - t
+    assert "error" not in first, first
+    singles = []
+    for _ in range(3):
+        t = time.perf_counter()
+        out = await service.handle(job)
+        singles.append(time.perf_counter() - t)
+        assert "error" not in out, out
+    t = time.perf_counter()
+    outs = await asyncio.gather(*(service.handle(job) for _ in range(concurrency)))
+    wall = time.perf_counter() - t
+    errors = [o for o in outs if "error" in o]
+    assert not errors, errors[:2]
+    meta = [o["metadata"] for o in outs]
+    return {
+        "first_job_s": round(first_s, 2),
+        "one_job_latency_s": round(statistics.median(singles), 2),
+        "one_job_timings": out["metadata"]["timings"],
+        "concurrency": concurrency,
+        "concurrent_wall_s": round(wall, 2),
+        "jobs_per_s": round(concurrency / wall, 3),
+        "speedup_vs_one_at_a_time": round((concurrency / wall) * statistics.median(singles), 2),
+        "num_frames": meta[0]["num_frames"],
+        "frame_size": meta[0]["frame_size"],
+        "prompt_tokens": meta[0]["prompt_tokens"],
+        "completion_tokens_mean": round(statistics.mean(m["completion_tokens"] for m in meta), 1),
+        "decode_s_mean_under_load": round(statistics.mean(m["timings"]["decode"] for m in meta), 3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--max-tokens", type=int, default=512)
+    parser.add_argument("--size", default="7b")
+    parser.add_argument("--enforce-eager", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
+    t = time.perf_counter()
+    video = make_video(work / "clip_720p_60s.mp4", seconds=60, fps=30, width=1280, height=720, audio="aac")
+    make_s = time.perf_counter() - t
+    model = build_dummy_model(work / f"qwen2_5_vl-{args.size}", "qwen2_5_vl", args.size)
+    settings = Settings(
+        model_name=str(model), load_format="dummy", enforce_eager=args.enforce_eager,
+        allowed_media_roots=[work], work_dir=work / "jobs",
+    )
+    t = time.perf_counter()
+    slot = EngineSlot()
+    slot.start(settings)
+    start_s = time.perf_counter() - t
+    engine = slot.get()  # raises with the start-up failure, if any
+    service = CaptionService(settings, slot)
+    figures = asyncio.run(measure(service, video, args.concurrency, args.max_tokens))
+    result = {
+        "model": f"qwen2_5_vl {args.size} dummy weights",
+        "video": "60 s 1280x720 H.264 30 fps + AAC (generated)",
+        "video_generate_s": round(make_s, 1),
+        "engine_start_s": round(start_s, 1),
+        "enforce_eager": args.enforce_eager,
+        "max_model_len": settings.max_model_len,
+        "max_tokens": args.max_tokens,
+        "gpu_memory_used_mib": gpu_memory_used_mib(),
+        **figures,
+    }
+    print("RESULT " + json.dumps(result), flush=True)
+    # asyncio.run has closed the loop the engine's output task lived on, so the slot reports it stopped;
+    # shut the engine process down directly.
+    engine.shutdown()
+
+
+if __name__ == "__main__":
+    main()
