@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -37,7 +39,7 @@ def api(worker_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) ->
     with log_path.open("w") as log:
         proc = subprocess.Popen(
             [sys.executable, "handler.py", "--rp_serve_api", "--rp_api_host", "127.0.0.1", "--rp_api_port", str(port)],
-            cwd=ROOT, env=worker_env, stdout=log, stderr=subprocess.STDOUT,
+            cwd=ROOT, env=worker_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 600
@@ -55,10 +57,36 @@ def api(worker_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) ->
         yield url
     finally:
         proc.terminate()
+        leftovers = stop_session(proc)
+    # SIGTERM to the worker alone must also stop the engine processes it started.
+    assert proc.returncode == 0 and not leftovers, (proc.returncode, leftovers, log_path.read_text()[-3000:])
+
+
+def session_pids(sid: int) -> list[int]:
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid:  # field 6 of /proc/PID/stat: session id
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def stop_session(proc: subprocess.Popen[bytes]) -> list[int]:
+    """Wait for the worker to exit; return (and kill) whatever of its session is still running after 60 s."""
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 60
+    while (left := session_pids(proc.pid)) and time.monotonic() < deadline:
+        time.sleep(1)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    return left
 
 
 def runsync(api: str, job_input: dict[str, Any]) -> dict[str, Any]:
@@ -102,11 +130,26 @@ def test_runsync_caption_with_honest_metadata(
     assert meta["video"]["has_audio"] is True and meta["audio_processed"] is False
     assert 1 <= meta["completion_tokens"] <= 16
     assert set(meta["timings"]) == {"fetch", "decode", "inference"}
+    # Unset fields come from the model's generation_config.json (repetition_penalty 1.05, top_k 1 there).
+    assert meta["sampling"] | {"temperature": 0.7, "top_p": 0.9} == meta["sampling"]
+    assert (meta["sampling"]["repetition_penalty"], meta["sampling"]["top_k"]) == (1.05, 1)
+    assert (meta["sampling"]["seed"], meta["sampling"]["max_tokens"]) == (1, 16)
     # The planner's token budget is what the engine really got: text + visual tokens, nothing resized.
     width, height = meta["frame_size"]
     visual = video_tokens(10, height, width, VisionGeometry())
     assert meta["prompt_tokens"] == expected_text_tokens("Describe this video in detail.") + visual
     assert list(work_dir.iterdir()) == []
+
+
+def test_job_sampling_overrides_model_defaults(api: str, clip: Path) -> None:
+    job = {"video": str(clip), "max_frames": 2, "max_tokens": 4, "top_k": 5, "repetition_penalty": 1.2,
+           "temperature": 0.5, "stop": ["."]}
+    sampling = runsync(api, job)["output"]["metadata"]["sampling"]
+    assert (sampling["top_k"], sampling["repetition_penalty"], sampling["temperature"]) == (5, 1.2, 0.5)
+    assert sampling["stop"] == ["."]
+    # Greedy decoding: vLLM drops top_k/top_p, and the metadata says so rather than echoing the request.
+    greedy = runsync(api, job | {"temperature": 0.0})["output"]["metadata"]["sampling"]
+    assert (greedy["temperature"], greedy["top_k"]) == (0.0, 0)
 
 
 def test_base64_and_url_inputs(api: str, clip: Path, tmp_path: Path) -> None:

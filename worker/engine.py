@@ -7,6 +7,7 @@ would only make RunPod restart the same failure).
 
 from __future__ import annotations
 
+import atexit
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -20,12 +21,16 @@ from worker.errors import EngineError, UnsupportedInputError
 log = logging.getLogger(__name__)
 
 
+REPORTED_SAMPLING = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_tokens", "seed", "stop")
+
+
 @dataclass(frozen=True)
 class Generation:
     text: str
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str | None
+    sampling: dict[str, Any]  # the sampling parameters in effect, job's and model's defaults merged
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,9 @@ class Engine:
         self.model = model
         self.pixels = pixels
         self.max_model_len: int = llm.vllm_config.model_config.max_model_len
+        # The model's generation_config.json (e.g. Qwen's repetition_penalty 1.05) fills what a job leaves
+        # unset, as vLLM's own server does; SamplingParams alone would use neutral values instead.
+        self.sampling_defaults: dict[str, Any] = llm.vllm_config.model_config.get_diff_sampling_param()
 
     @classmethod
     def build(cls, settings: Settings) -> Engine:
@@ -80,7 +88,7 @@ class Engine:
         from vllm import SamplingParams
         from vllm.v1.engine.exceptions import EngineDeadError
 
-        params = SamplingParams(**sampling)
+        params = SamplingParams(**(self.sampling_defaults | sampling))
         final = None
         try:
             stream: AsyncIterator[Any] = self.llm.generate(inputs, params, request_id)
@@ -99,6 +107,7 @@ class Engine:
             prompt_tokens=len(final.prompt_token_ids or []),
             completion_tokens=len(completion.token_ids),
             finish_reason=completion.finish_reason,
+            sampling={name: getattr(params, name) for name in REPORTED_SAMPLING},
         )
 
     @property
@@ -142,6 +151,10 @@ class EngineSlot:
         except Exception as exc:  # any start failure must leave the worker serving errors, not crash-looping
             self._failure = f"{type(exc).__name__}: {exc}"
             log.exception("engine failed to start; every job will report it")
+            return
+        # The engine core is a separate process that outlives ours unless told to stop (seen with the
+        # local API server stopped by SIGTERM); uvicorn and runpod return normally on SIGTERM, so atexit runs.
+        atexit.register(self._engine.shutdown)
 
     def set(self, engine: Engine) -> None:
         self._engine, self._failure = engine, None

@@ -99,6 +99,7 @@ class CaptionService:
                 prompt_tokens=generation.prompt_tokens,
                 completion_tokens=generation.completion_tokens,
                 finish_reason=generation.finish_reason,
+                sampling=generation.sampling,
                 timings=Timings(
                     fetch=round(video.fetch_seconds, 4),
                     decode=round(video.decode_seconds, 4),

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
+import sys
 from collections.abc import Awaitable, Callable
+from types import FrameType
 from typing import Any
 
 from worker.config import Settings, get_settings
@@ -29,6 +32,18 @@ def make_handler(service: CaptionService) -> Handler:
     return handler
 
 
+def _exit_cleanly_on_sigterm() -> None:
+    """Turn SIGTERM into a normal exit so atexit stops the engine's processes. Without this they outlive
+    the worker: uvicorn (local API) re-raises SIGTERM after its own shutdown and the default action kills
+    the process before atexit runs."""
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        log.info("SIGTERM: shutting down")
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 def build_worker(settings: Settings | None = None) -> dict[str, Any]:
     """Everything ``runpod.serverless.start`` needs. Builds the engine now, at cold start, once."""
     settings = settings or get_settings()
@@ -36,6 +51,7 @@ def build_worker(settings: Settings | None = None) -> dict[str, Any]:
         level=logging.DEBUG if settings.debug else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    _exit_cleanly_on_sigterm()
     slot = EngineSlot()
     slot.start(settings)
     service = CaptionService(settings, slot)

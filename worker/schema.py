@@ -207,6 +207,7 @@ class CaptionMetadata(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str | None
+    sampling: dict[str, Any] = Field(description="sampling parameters in effect (job's, else the model's defaults)")
     timings: Timings
     warnings: list[str]
 
