@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from worker.config import Settings
-from worker.decode import DecodedFrames, Probe, decode_audio, decode_frames, probe
+from worker.decode import AUDIO_SAMPLE_RATE, DecodedFrames, Probe, decode_audio, decode_frames, probe
 from worker.engine import Engine, EngineSlot
 from worker.errors import WorkerError, error_payload
 from worker.frame_plan import fit_frame_size, plan_timestamps
@@ -68,13 +68,14 @@ class CaptionService:
         audio_for_model = video.audio if engine.adapter.supports_audio else None
         inputs = engine.adapter.build_inputs(prompt, video.frames, video.probe, audio_for_model)
         inference_started = time.perf_counter()
-        generation = await engine.generate(inputs, _sampling(request), job_id)
+        # vLLM request ids must be unique among requests in flight; a retried RunPod job keeps its id.
+        generation = await engine.generate(inputs, _sampling(request), f"{job_id}-{uuid.uuid4().hex[:8]}")
         inference_seconds = time.perf_counter() - inference_started
 
         if generation.finish_reason == "length":
             warnings.append(f"caption cut at max_tokens={request.max_tokens}")
         p = video.probe
-        audio_seconds = len(video.audio) / 16_000 if video.audio is not None else p.audio_seconds
+        audio_seconds = len(video.audio) / AUDIO_SAMPLE_RATE if video.audio is not None else p.audio_seconds
         frames = video.frames.frames
         return CaptionResult(
             caption=generation.text,
