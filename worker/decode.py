@@ -67,13 +67,10 @@ def _video_stream(container: av.container.InputContainer) -> av.video.stream.Vid
     return container.streams.video[0]
 
 
-def _rotation(stream: av.video.stream.VideoStream, first_frame: av.VideoFrame | None) -> int:
+def _rotation(first_frame: av.VideoFrame) -> int:
     # FFmpeg's display matrix gives the counter-clockwise angle to apply for display; PyAV exposes it on
     # frames. Normalised to the clockwise quarter turn that np.rot90 has to undo.
-    angle = 0.0
-    if first_frame is not None:
-        angle = float(getattr(first_frame, "rotation", 0) or 0)
-    return int(round(-angle / 90.0)) % 4 * 90
+    return int(round(-float(first_frame.rotation or 0) / 90.0)) % 4 * 90
 
 
 def probe(path: Path) -> Probe:
@@ -83,7 +80,7 @@ def probe(path: Path) -> Probe:
         first = _first_frame(container, stream)
         if first is None:
             raise DecodeError(f"the {codec} video stream has no decodable frame")
-        rotation = _rotation(stream, first)
+        rotation = _rotation(first)
         width, height = stream.codec_context.width or first.width, stream.codec_context.height or first.height
         if rotation in (90, 270):
             width, height = height, width
