@@ -1,7 +1,8 @@
-"""GPU check of the worker pipeline (issue 2): engine start time, one job's latency, and jobs/s with N jobs
-in flight, through the same CaptionService the RunPod handler uses, on a 7B-shaped dummy model.
+"""GPU check of the worker pipeline: engine start time, one job's latency, and jobs/s with N jobs in flight,
+through the same CaptionService the RunPod handler uses, on a 7B-shaped dummy model of one family, for
+each ``process_audio`` setting asked for (side by side on the same engine and clip).
 
-    python bench/gpu_check.py --concurrency 16      # on a GPU host; prints RESULT {json}
+    python bench/gpu_check.py --family qwen2_5_omni --process-audio false true   # prints RESULT {json}
 """
 
 from __future__ import annotations
@@ -37,8 +38,16 @@ def gpu_memory_used_mib() -> int | None:
         return None
 
 
-async def measure(service: CaptionService, video: Path, concurrency: int, max_tokens: int) -> dict:
-    job = {"video": str(video), "max_tokens": max_tokens}
+async def measure_all(service: CaptionService, video: Path, args: argparse.Namespace) -> dict[str, dict]:
+    """One loop for every measurement: the engine's output task lives on the loop that first uses it."""
+    return {
+        f"process_audio={audio}": await measure(service, video, args.concurrency, args.max_tokens, audio)
+        for audio in args.process_audio
+    }
+
+
+async def measure(service: CaptionService, video: Path, concurrency: int, max_tokens: int, audio: bool) -> dict:
+    job = {"video": str(video), "max_tokens": max_tokens, "process_audio": audio}
     # The first job pays one-time processor set-up in vLLM's front end; report it apart.
     t = time.perf_counter()
     first = await service.handle(job)
@@ -67,6 +76,9 @@ async def measure(service: CaptionService, video: Path, concurrency: int, max_to
         "num_frames": meta[0]["num_frames"],
         "frame_size": meta[0]["frame_size"],
         "prompt_tokens": meta[0]["prompt_tokens"],
+        "audio_processed": meta[0]["audio_processed"],
+        "audio_seconds": meta[0]["audio_seconds"],
+        "audio_tokens": meta[0]["audio_tokens"],
         "completion_tokens_mean": round(statistics.mean(m["completion_tokens"] for m in meta), 1),
         "decode_s_mean_under_load": round(statistics.mean(m["timings"]["decode"] for m in meta), 3),
     }
@@ -77,6 +89,10 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=512)
     parser.add_argument("--size", default="7b")
+    parser.add_argument("--family", default="qwen2_5_vl")
+    parser.add_argument(
+        "--process-audio", nargs="+", default=[False], type=lambda v: v.lower() == "true", help="true / false"
+    )
     parser.add_argument("--enforce-eager", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -85,7 +101,7 @@ def main() -> None:
     t = time.perf_counter()
     video = make_video(work / "clip_720p_60s.mp4", seconds=60, fps=30, width=1280, height=720, audio="aac")
     make_s = time.perf_counter() - t
-    model = build_dummy_model(work / f"qwen2_5_vl-{args.size}", "qwen2_5_vl", args.size)
+    model = build_dummy_model(work / f"{args.family}-{args.size}", args.family, args.size)
     settings = Settings(
         model_name=str(model), load_format="dummy", enforce_eager=args.enforce_eager,
         allowed_media_roots=[work], work_dir=work / "jobs",
@@ -96,9 +112,9 @@ def main() -> None:
     start_s = time.perf_counter() - t
     engine = slot.get()  # raises with the start-up failure, if any
     service = CaptionService(settings, slot)
-    figures = asyncio.run(measure(service, video, args.concurrency, args.max_tokens))
+    figures = asyncio.run(measure_all(service, video, args))
     result = {
-        "model": f"qwen2_5_vl {args.size} dummy weights",
+        "model": f"{args.family} {args.size} dummy weights",
         "video": "60 s 1280x720 H.264 30 fps + AAC (generated)",
         "video_generate_s": round(make_s, 1),
         "engine_start_s": round(start_s, 1),
@@ -106,7 +122,7 @@ def main() -> None:
         "max_model_len": settings.max_model_len,
         "max_tokens": args.max_tokens,
         "gpu_memory_used_mib": gpu_memory_used_mib(),
-        **figures,
+        "runs": figures,
     }
     print("RESULT " + json.dumps(result), flush=True)
     # asyncio.run has closed the loop the engine's output task lived on, so the slot reports it stopped;

@@ -31,12 +31,15 @@ def make_video(
     audio_rate: int = 44_100,
     audio_channels: int = 2,
     audio_seconds: float | None = None,
+    audio_delay: float = 0.0,
     rotation: int = 0,
     vfr: bool = False,
     gop: int | None = None,
 ) -> Path:
     """Write a test video. ``vfr`` spaces frames alternately 0.5x and 1.5x the nominal interval.
-    ``rotation`` is the counter-clockwise display rotation stored in the container's display matrix."""
+    ``rotation`` is the counter-clockwise display rotation stored in the container's display matrix.
+    The audio is a tone of 440 Hz in its first half and 880 Hz in its second, starting ``audio_delay``
+    seconds after the first frame."""
     count = max(1, round(seconds * fps))
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream(codec, rate=fps)
@@ -66,24 +69,27 @@ def make_video(
             pts += step * (0.5 if i % 2 == 0 else 1.5) if vfr else step
         container.mux(stream.encode(None))
         if astream is not None:
-            _write_tone(container, astream, audio_seconds if audio_seconds is not None else seconds)
+            _write_tone(container, astream, audio_seconds if audio_seconds is not None else seconds, audio_delay)
     return path
 
 
-def _write_tone(container: av.container.OutputContainer, stream: av.audio.stream.AudioStream, seconds: float) -> None:
+def _write_tone(
+    container: av.container.OutputContainer, stream: av.audio.stream.AudioStream, seconds: float, delay: float = 0.0
+) -> None:
     rate = stream.codec_context.sample_rate
     channels = stream.codec_context.layout.nb_channels
     fmt = stream.codec_context.format.name
     frame_size = stream.codec_context.frame_size or 1024
     total = round(seconds * rate)
     t = np.arange(total) / rate
-    tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    tone = (0.3 * np.sin(2 * np.pi * np.where(t < seconds / 2, 440, 880) * t)).astype(np.float32)
+    offset = round(delay * rate)
     resampler = av.AudioResampler(format=fmt, layout=stream.codec_context.layout, rate=rate)
     for start in range(0, total, frame_size):
         chunk = np.tile(tone[start : start + frame_size], (channels, 1))
         frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk), format="fltp", layout=stream.codec_context.layout)
         frame.sample_rate = rate
-        frame.pts = start
+        frame.pts = start + offset
         for out in resampler.resample(frame):
             container.mux(stream.encode(out))
     container.mux(stream.encode(None))

@@ -102,26 +102,62 @@ def test_odd_sizes(video: VideoMaker) -> None:
     assert decode_frames(path, info, [0.5], (28, 84)).frames.shape == (1, 28, 84, 3)
 
 
+def dominant_hz(samples: np.ndarray) -> float:
+    spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
+    return float(np.argmax(spectrum) * 16_000 / len(samples))
+
+
 @pytest.mark.parametrize(
-    "name,kwargs,rate_in,channels",
+    "name,kwargs",
     [
-        ("a_aac.mp4", dict(audio="aac"), 44_100, 2),
-        ("a_aac_mono22k.mp4", dict(audio="aac", audio_rate=22_050, audio_channels=1), 22_050, 1),
-        ("a_opus.mkv", dict(audio="libopus"), 48_000, 2),
-        ("a_mp3.mkv", dict(audio="libmp3lame"), 44_100, 2),
-        ("a_pcm.mkv", dict(audio="pcm_s16le", audio_rate=8_000), 8_000, 2),
+        ("a_aac.mp4", dict(audio="aac")),
+        ("a_aac_mono22k.mp4", dict(audio="aac", audio_rate=22_050, audio_channels=1)),
+        ("a_aac_51_48k.mp4", dict(audio="aac", audio_rate=48_000, audio_channels=6)),
+        ("a_aac_8k.mp4", dict(audio="aac", audio_rate=8_000, audio_channels=1)),
+        ("a_opus.mkv", dict(audio="libopus")),
+        ("a_opus_51.mkv", dict(audio="libopus", audio_channels=6)),
+        ("a_mp3.mkv", dict(audio="libmp3lame")),
+        ("a_mp3_mono32k.mkv", dict(audio="libmp3lame", audio_rate=32_000, audio_channels=1)),
+        ("a_pcm.mkv", dict(audio="pcm_s16le", audio_rate=8_000)),
+        ("a_pcm_51_48k.mkv", dict(audio="pcm_s16le", audio_rate=48_000, audio_channels=6)),
     ],
 )
-def test_audio_is_16k_mono_float32(video: VideoMaker, name: str, kwargs: dict, rate_in: int, channels: int) -> None:
+def test_audio_is_16k_mono_float32(video: VideoMaker, name: str, kwargs: dict) -> None:
     path = video(name, seconds=3.0, **kwargs)
     info = probe(path)
     assert info.has_audio and info.audio_seconds == pytest.approx(3.0, abs=0.15)
-    audio = decode_audio(path)
-    assert audio is not None and audio.dtype == np.float32 and audio.ndim == 1
-    assert len(audio) == pytest.approx(3 * 16_000, abs=0.1 * 16_000)
-    # The 440 Hz tone survives resampling.
-    spectrum = np.abs(np.fft.rfft(audio[4000:20000]))
-    assert abs(np.argmax(spectrum) * 16_000 / 16_000 - 440) < 5
+    clip = decode_audio(path)
+    assert clip is not None and clip.samples.dtype == np.float32 and clip.samples.ndim == 1
+    assert clip.seconds == pytest.approx(3.0, abs=0.1) and clip.start == 0.0
+    # The tone survives downmixing and resampling: 440 Hz in the first half, 880 Hz in the second.
+    assert dominant_hz(clip.samples[4000:20000]) == pytest.approx(440, abs=5)
+    assert dominant_hz(clip.samples[28000:44000]) == pytest.approx(880, abs=5)
+
+
+@pytest.mark.parametrize("start,end", [(0.0, 1.0), (1.8, 2.8), (3.5, 5.5), (4.5, 6.0), (3.2, None)])
+def test_audio_window_is_cut_on_the_video_clock(video: VideoMaker, start: float, end: float | None) -> None:
+    path = video("a_window.mp4", seconds=6.0, fps=5, audio="aac", gop=5)
+    clip = decode_audio(path, start=start, end=end, video_start=probe(path).start_time)
+    assert clip is not None and clip.start == start
+    assert clip.seconds == pytest.approx((end or 6.0) - start, abs=0.03)
+    middle = clip.samples[len(clip.samples) // 4 : 3 * len(clip.samples) // 4]
+    assert dominant_hz(middle) == pytest.approx(440 if (start + (end or 6.0)) / 2 < 3.0 else 880, abs=8)
+
+
+def test_audio_shorter_longer_or_later_than_the_video(video: VideoMaker) -> None:
+    short = video("a_short.mp4", seconds=4.0, audio="aac", audio_seconds=1.5)
+    assert decode_audio(short).seconds == pytest.approx(1.5, abs=0.05)  # type: ignore[union-attr]
+    assert decode_audio(short, start=2.0, end=4.0).seconds == 0.0  # type: ignore[union-attr]
+    long = video("a_long.mp4", seconds=2.0, audio="aac", audio_seconds=5.0)
+    info = probe(long)
+    assert decode_audio(long, end=info.duration, video_start=info.start_time).seconds == pytest.approx(
+        2.0, abs=0.05
+    )  # type: ignore[union-attr]
+    late = video("a_late.mkv", seconds=3.0, audio="pcm_s16le", audio_rate=16_000, audio_seconds=2.0, audio_delay=1.0)
+    clip = decode_audio(late, end=3.0, video_start=probe(late).start_time)
+    assert clip is not None and clip.seconds == pytest.approx(3.0, abs=0.05)
+    # Silence until the sound starts, so it stays in step with the frames.
+    assert np.abs(clip.samples[: 15_000]).max() < 1e-3 < np.abs(clip.samples[17_000:]).max()
 
 
 def test_no_audio_stream(video: VideoMaker) -> None:
@@ -147,3 +183,64 @@ def test_audio_only_file_is_a_decode_error(tmp_path: Path) -> None:
         _write_tone(container, container.add_stream("aac", rate=16_000), 1.0)
     with pytest.raises(DecodeError, match="no video stream"):
         probe(path)
+
+
+def _photo(path: Path, size: tuple[int, int], fmt: str, orientation: int = 1) -> Path:
+    """A ``size`` = (width, height) picture: black, with a white top-left quarter as it is meant to be seen."""
+    import PIL.Image
+
+    width, height = size
+    pixels = np.zeros((height, width, 3), dtype=np.uint8)
+    pixels[: height // 2, : width // 2] = 255
+    image = PIL.Image.fromarray(pixels)
+    if orientation == 6:  # stored turned 90 degrees counter-clockwise; EXIF says turn it back clockwise
+        image = image.transpose(PIL.Image.Transpose.ROTATE_90)
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    image.save(path, format=fmt, exif=exif.tobytes()) if fmt == "JPEG" else image.save(path, format=fmt)
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "BMP"])
+def test_image_decodes_upright_at_the_planned_size(tmp_path: Path, fmt: str) -> None:
+    from worker.decode import decode_image, probe_image
+
+    path = _photo(tmp_path / f"p.{fmt.lower()}", (640, 480), fmt)
+    info = probe_image(path)
+    assert (info.width, info.height, info.format) == (640, 480, fmt)
+    pixels = decode_image(path, (224, 308))
+    assert pixels.shape == (224, 308, 3) and pixels.dtype == np.uint8
+    assert pixels[20, 20].min() > 200 and pixels[200, 280].max() < 50
+
+
+def test_image_exif_orientation_is_applied(tmp_path: Path) -> None:
+    from worker.decode import decode_image, probe_image
+
+    path = _photo(tmp_path / "phone.jpg", (640, 480), "JPEG", orientation=6)
+    info = probe_image(path)
+    assert (info.width, info.height) == (640, 480)  # stored 480x640, shown 640x480
+    pixels = decode_image(path, (112, 140))
+    assert pixels[10, 10].min() > 200 and pixels[100, 130].max() < 50
+
+
+def test_image_too_large_is_refused_from_its_header(tmp_path: Path) -> None:
+    import struct
+    import zlib
+
+    from worker.decode import probe_image
+
+    png = _photo(tmp_path / "small.png", (8, 8), "PNG").read_bytes()
+    # Rewrite IHDR to claim 30000x30000: refused before a single pixel is decoded.
+    ihdr = struct.pack(">II", 30000, 30000) + png[24:29]
+    forged = png[:16] + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr)) + png[33:]
+    (tmp_path / "huge.png").write_bytes(forged)
+    with pytest.raises(DecodeError, match="megapixels"):
+        probe_image(tmp_path / "huge.png")
+
+
+@pytest.mark.parametrize("kind", ["zero", "text"])
+def test_not_an_image_is_a_decode_error(tmp_path: Path, kind: str) -> None:
+    from worker.decode import probe_image
+
+    with pytest.raises(DecodeError, match="not a readable image"):
+        probe_image(make_corrupt(tmp_path / "x.png", kind))

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from worker.errors import UnsupportedInputError
 from worker.frame_plan import (
+    audio_window,
     MAX_ASPECT_RATIO,
     VisionGeometry,
     fit_frame_size,
@@ -114,3 +115,28 @@ def test_fit_frame_size_example_720p() -> None:
 def test_video_tokens() -> None:
     assert video_tokens(30, 336, 588, QWEN) == 15 * 12 * 21
     assert video_tokens(1, 56, 56, QWEN) == 4
+
+
+@given(
+    st.floats(0.05, 20000.0),
+    st.one_of(st.none(), st.floats(1.0, 240.0)),
+    st.floats(0.1, 30.0),
+    st.integers(1, 200),
+)
+def test_audio_window_covers_the_frames_and_stays_in_the_video(
+    duration: float, fps: float | None, req: float, max_frames: int
+) -> None:
+    plan = plan_timestamps(duration, fps, req, max_frames)
+    start, end = audio_window(plan.timestamps, plan.fps_used, duration)
+    assert 0.0 <= start <= plan.timestamps[0] <= end <= duration + 1e-6
+    assert end >= plan.timestamps[-1] - 1e-6
+    # Uniform plans stand for the whole video: the window is all of it.
+    assert start == pytest.approx(0.0, abs=1e-5) and end == pytest.approx(duration, abs=1e-5)
+
+
+def test_audio_window_of_a_stretch() -> None:
+    # Four frames at 2 fps sampled from 10..12 s (a chunk, say) stand for 10..12 s.
+    assert audio_window([10.25, 10.75, 11.25, 11.75], 2.0, 60.0) == (10.0, 12.0)
+    assert audio_window([59.9], 2.0, 60.0) == (59.65, 60.0)
+    with pytest.raises(ValueError):
+        audio_window([], 1.0, 5.0)

@@ -3,12 +3,6 @@
 from __future__ import annotations
 
 import base64
-import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +13,7 @@ import pytest
 import requests
 from transformers import AutoTokenizer
 
+from tests.local_api import error_of, runsync, serve_api
 from tests.media_factory import make_corrupt
 from worker.frame_plan import VisionGeometry, video_tokens
 
@@ -26,78 +21,11 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.timeout(900)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def api(worker_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("logs") / "api.log"
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "handler.py", "--rp_serve_api", "--rp_api_host", "127.0.0.1", "--rp_api_port", str(port)],
-            cwd=ROOT, env=worker_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 600
-    try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"worker exited with {proc.returncode}:\n{log_path.read_text()[-5000:]}")
-            try:
-                requests.get(f"{url}/docs", timeout=2)
-                break
-            except requests.ConnectionError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"worker did not start:\n{log_path.read_text()[-5000:]}")
-                time.sleep(2)
+    # SIGTERM to the worker alone must also stop the engine processes it started (serve_api asserts it).
+    with serve_api(worker_env, tmp_path_factory.mktemp("logs") / "api.log") as url:
         yield url
-    finally:
-        proc.terminate()
-        leftovers = stop_session(proc)
-    # SIGTERM to the worker alone must also stop the engine processes it started.
-    assert proc.returncode == 0 and not leftovers, (proc.returncode, leftovers, log_path.read_text()[-3000:])
-
-
-def session_pids(sid: int) -> list[int]:
-    pids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == sid:  # field 6 of /proc/PID/stat: session id
-            pids.append(int(stat.parent.name))
-    return pids
-
-
-def stop_session(proc: subprocess.Popen[bytes]) -> list[int]:
-    """Wait for the worker to exit; return (and kill) whatever of its session is still running after 60 s."""
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    deadline = time.monotonic() + 60
-    while (left := session_pids(proc.pid)) and time.monotonic() < deadline:
-        time.sleep(1)
-    for pid in left:
-        os.kill(pid, signal.SIGKILL)
-    return left
-
-
-def runsync(api: str, job_input: dict[str, Any]) -> dict[str, Any]:
-    response = requests.post(f"{api}/runsync", json={"input": job_input}, timeout=600)
-    response.raise_for_status()
-    return response.json()
-
-
-def error_of(body: dict[str, Any]) -> dict[str, Any]:
-    assert body["status"] == "FAILED", body
-    return json.loads(body["error"])
 
 
 @pytest.fixture(scope="module")
@@ -226,9 +154,30 @@ def test_bad_jobs_between_good_ones(api: str, clip: Path, media_dir: Path, work_
 def test_process_audio_on_a_vision_only_model_warns(api: str, clip: Path) -> None:
     body = runsync(api, {"video": str(clip), "process_audio": True, "max_frames": 2, "max_tokens": 4})
     meta = body["output"]["metadata"]
-    assert meta["audio_processed"] is False
+    assert meta["audio_processed"] is False and (meta["audio_seconds"], meta["audio_tokens"]) == (0.0, 0)
     assert meta["video"]["audio_seconds"] == pytest.approx(6.0, abs=0.1)
-    assert any("process_audio" in w and "no audio input" in w for w in meta["warnings"])
+    assert any("process_audio" in w and "no audio input" in w and "qwen2_5_vl" in w for w in meta["warnings"])
+
+
+def test_image_job(api: str, media_dir: Path, expected_text_tokens: Callable[[str], int]) -> None:
+    import numpy as np
+    import PIL.Image
+
+    path = media_dir / "photo.png"
+    PIL.Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 500, 3), dtype=np.uint8)).save(path)
+    for job in ({"image": str(path)}, {"image_base64": base64.b64encode(path.read_bytes()).decode()}):
+        body = runsync(api, job | {"max_tokens": 4})
+        assert body["status"] == "COMPLETED", body
+        meta = body["output"]["metadata"]
+        assert (meta["media_type"], meta["num_frames"], meta["frame_timestamps"]) == ("image", 1, [0.0])
+        assert (meta["video"]["width"], meta["video"]["height"], meta["video"]["codec"]) == (500, 300, "png")
+        width, height = meta["frame_size"]
+        assert width % 28 == 0 and height % 28 == 0 and width > height
+        # The image's tokens are exactly the planner's: one temporal step of (height/28) x (width/28).
+        visual = video_tokens(1, height, width, VisionGeometry())
+        assert meta["prompt_tokens"] == expected_text_tokens("Describe this image in detail.") + visual
+    error = error_of(runsync(api, {"image": str(media_dir / "api_clip.mp4")}))
+    assert error["type"] == "decode_error" and "not a readable image" in error["message"]
 
 
 def test_portrait_rotated_video(api: str, video: Callable[..., Path]) -> None:

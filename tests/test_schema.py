@@ -22,10 +22,11 @@ def problems(**fields: object) -> dict[str, str]:
 
 def test_defaults() -> None:
     req = parse(video="https://example.com/v.mp4")
-    assert (req.prompt, req.fps, req.max_frames, req.temperature, req.top_p, req.max_tokens) == (
+    assert (req.text, req.fps, req.max_frames, req.temperature, req.top_p, req.max_tokens) == (
         "Describe this video in detail.", 1.0, 30, 0.7, 0.9, 512
     )
     assert req.process_audio is False and req.top_k is None and req.stop_list == []
+    assert req.media_type == "video" and parse(image="/tmp/a.png").text == "Describe this image in detail."
 
 
 @pytest.mark.parametrize(
@@ -100,7 +101,8 @@ def test_video_source_rules(value: str, kind: str, payload: str | None) -> None:
 
 @pytest.mark.parametrize("value", ["file:///etc/passwd", "ftp://e.com/a.mp4", "data:video/mp4,notbase64"])
 def test_rejected_sources(value: str) -> None:
-    assert "input" in problems(video=value)
+    assert "video" in problems(video=value)
+    assert "image" in problems(image=value)
 
 
 def test_explicit_source_fields() -> None:
@@ -110,6 +112,20 @@ def test_explicit_source_fields() -> None:
     assert parse(video_url="https://e.com/x").source.kind == "url"
     assert "video_path" in problems(video_path="relative/x.mp4")
     assert "video_url" in problems(video_url="/tmp/x.mp4")
+
+
+def test_image_sources_follow_the_video_rules() -> None:
+    assert parse(image="/tmp/a.png").source == MediaSource("path", "/tmp/a.png", "image")
+    assert parse(image=f"data:image/png;base64,{B64}").source == MediaSource("base64", B64, "image")
+    assert parse(image_url="https://e.com/a.jpg").source == MediaSource("url", "https://e.com/a.jpg", "image")
+    assert parse(image_base64=B64).source == MediaSource("base64", B64, "image")
+    assert parse(image_path="/tmp/a.png").media_type == "image"
+    assert "image_path" in problems(image_path="a.png")
+    assert "image_url" in problems(image_url="ftp://e.com/a.png")
+
+
+def test_one_medium_per_job() -> None:
+    assert "video, video_url" in problems(video="/tmp/a.mp4", image="/tmp/a.png")["input"]
 
 
 def test_source_description_never_contains_the_payload() -> None:

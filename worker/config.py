@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     # MAX_MODEL_LEN. 448*448 keeps 30 frames of a 7B model at ~7.7k visual tokens.
     video_max_pixels: int = Field(448 * 448, ge=28 * 28)
     video_min_pixels: int = Field(56 * 56, ge=28 * 28)
+    # Pixels of an `image` job; Qwen's recommended 1280 tokens' worth (1280 * 28 * 28).
+    image_max_pixels: int = Field(1280 * 28 * 28, ge=28 * 28)
     # Prompt text and the answer need room next to the visual tokens.
     text_token_reserve: int = Field(512, ge=0)
 

@@ -1,7 +1,10 @@
-"""PyAV decoding: probe a file, pull the planned frames at model resolution, pull the audio track.
+"""Decoding: probe a video, pull the planned frames at model resolution and the audio track (PyAV), or read
+a still image (Pillow).
 
 Only the frames the plan asks for are converted, straight from the decoder's YUV to RGB at the model's
 size (swscale, inside PyAV), so memory holds one full-resolution frame at a time, never the video.
+Images go through Pillow rather than FFmpeg because Pillow applies EXIF orientation (phone photos) and
+can decode JPEGs at a reduced scale.
 """
 
 from __future__ import annotations
@@ -15,12 +18,19 @@ from pathlib import Path
 import av
 import av.error
 import numpy as np
+import PIL.Image
+import PIL.ImageOps
 
 from worker.errors import DecodeError
 
 log = logging.getLogger(__name__)
 
 AUDIO_SAMPLE_RATE = 16_000
+# Images with more source pixels than this are refused before decoding (a 100-megapixel photo is
+# 300 MB as RGB); Pillow's own bomb check would only stop them at ~179 MP.
+MAX_IMAGE_PIXELS = 100_000_000
+# EXIF orientations 5-8 turn the picture by a quarter: displayed width and height swap.
+_EXIF_ORIENTATION = 0x0112
 # Seek instead of decoding through when the next wanted instant is this far ahead (seconds) and farther
 # than the keyframe spacing seen so far: below that a seek lands on the keyframe we would decode from anyway.
 SEEK_MIN_GAP = 2.0
@@ -70,7 +80,7 @@ def _video_stream(container: av.container.InputContainer) -> av.video.stream.Vid
 def _rotation(first_frame: av.VideoFrame) -> int:
     # FFmpeg's display matrix gives the counter-clockwise angle to apply for display; PyAV exposes it on
     # frames. Normalised to the clockwise quarter turn that np.rot90 has to undo.
-    return int(round(-float(first_frame.rotation or 0) / 90.0)) % 4 * 90
+    return round(-float(first_frame.rotation or 0) / 90.0) % 4 * 90
 
 
 def probe(path: Path) -> Probe:
@@ -205,27 +215,111 @@ def decode_frames(path: Path, probe_result: Probe, timestamps: list[float], size
     return DecodedFrames(
         frames=np.stack(frames),
         timestamps=[round(t, 6) for t in times],
-        indices=[int(round(t * fps)) for t in times],
+        indices=[round(t * fps) for t in times],
     )
 
 
-def decode_audio(path: Path, *, sample_rate: int = AUDIO_SAMPLE_RATE) -> np.ndarray | None:
-    """The first audio stream as mono float32 at ``sample_rate``; None when the file has no audio."""
+@dataclass(frozen=True)
+class AudioClip:
+    samples: np.ndarray  # (n,) float32 mono at AUDIO_SAMPLE_RATE
+    start: float  # seconds from the video's start where samples[0] plays
+
+    @property
+    def seconds(self) -> float:
+        return len(self.samples) / AUDIO_SAMPLE_RATE
+
+
+def decode_audio(
+    path: Path, *, start: float = 0.0, end: float | None = None, video_start: float = 0.0
+) -> AudioClip | None:
+    """The first audio stream over [start, end) seconds of the video, as 16 kHz mono float32; None when
+    the file has no audio. Times are on the video's clock (``video_start`` is the video's first
+    presentation time), so the clip lines up with frames decoded by ``decode_frames``. Sound that starts
+    after ``start`` (a late audio stream) is preceded by silence to keep that alignment; a track that ends
+    early gives a shorter clip."""
     with _open(path) as container:
         if not container.streams.audio:
             return None
         stream = container.streams.audio[0]
         stream.thread_type = "AUTO"
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+        time_base = stream.time_base or Fraction(1, AUDIO_SAMPLE_RATE)
+        if start > SEEK_MIN_GAP:
+            container.seek(int((start + video_start) / time_base), stream=stream, backward=True)
+        # PyAV's resampler downmixes any layout (5.1 included) and converts any rate and sample format.
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=AUDIO_SAMPLE_RATE)
         chunks: list[np.ndarray] = []
+        origin: float | None = None  # video-clock time of the first resampled sample
         try:
             for frame in container.decode(stream):
+                if origin is None:
+                    origin = float(frame.time or 0.0) - video_start
                 for out in resampler.resample(frame):
                     chunks.append(out.to_ndarray().reshape(-1))
+                if end is not None and float(frame.time or 0.0) - video_start >= end:
+                    break
         except av.error.FFmpegError as exc:
             if not chunks:
                 raise DecodeError(f"the audio stream cannot be decoded: {_describe(exc)}") from exc
             log.warning("audio decode stopped early: %s", _describe(exc))
         for out in resampler.resample(None):
             chunks.append(out.to_ndarray().reshape(-1))
-    return np.concatenate(chunks).astype(np.float32, copy=False) if chunks else np.zeros(0, dtype=np.float32)
+    samples = np.concatenate(chunks).astype(np.float32, copy=False) if chunks else np.zeros(0, dtype=np.float32)
+    return AudioClip(_cut(samples, origin or 0.0, start, end), start)
+
+
+def _cut(samples: np.ndarray, origin: float, start: float, end: float | None) -> np.ndarray:
+    """``samples`` (beginning at ``origin`` seconds) restricted to [start, end), silence-padded in front
+    when they begin after ``start``."""
+    lead = round((origin - start) * AUDIO_SAMPLE_RATE)
+    if lead > 0:
+        samples = np.concatenate([np.zeros(lead, dtype=np.float32), samples])
+    first = max(0, -lead)  # samples[first] now plays at ``start``
+    last = len(samples) if end is None else min(len(samples), first + round((end - start) * AUDIO_SAMPLE_RATE))
+    return np.ascontiguousarray(samples[first : max(first, last)])
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    width: int  # as displayed, after EXIF orientation
+    height: int
+    format: str  # Pillow's format name: JPEG, PNG, WEBP, ...
+
+
+def probe_image(path: Path) -> ImageInfo:
+    """Size and format from the header, without decoding the pixels."""
+    with _open_image(path) as image:
+        width, height = image.size
+        if image.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
+            width, height = height, width
+        return ImageInfo(width=width, height=height, format=image.format or "unknown")
+
+
+def decode_image(path: Path, size: tuple[int, int]) -> np.ndarray:
+    """The image upright as RGB (height, width, 3) uint8 of ``size`` = (height, width)."""
+    height, width = size
+    with _open_image(path) as image:
+        try:
+            # JPEG only: let libjpeg decode at 1/2, 1/4 or 1/8 scale when that still covers the target.
+            image.draft("RGB", (width, height))
+            upright = PIL.ImageOps.exif_transpose(image).convert("RGB")
+            resized = upright.resize((width, height), PIL.Image.Resampling.BICUBIC, reducing_gap=3.0)
+        except (OSError, ValueError, PIL.Image.DecompressionBombError) as exc:
+            raise DecodeError(f"the image cannot be decoded: {exc}") from exc
+        return np.asarray(resized, dtype=np.uint8)
+
+
+def _open_image(path: Path) -> PIL.Image.Image:
+    try:
+        image = PIL.Image.open(path)
+    except PIL.UnidentifiedImageError as exc:
+        raise DecodeError("not a readable image file (formats: JPEG, PNG, WebP, BMP, GIF, TIFF, ...)") from exc
+    except PIL.Image.DecompressionBombError as exc:
+        raise DecodeError(f"the image has more than {MAX_IMAGE_PIXELS // 1_000_000} megapixels") from exc
+    except (OSError, ValueError) as exc:
+        raise DecodeError(f"not a readable image file: {exc}") from exc
+    if image.width * image.height > MAX_IMAGE_PIXELS:
+        image.close()
+        raise DecodeError(
+            f"the image is {image.width}x{image.height}, more than {MAX_IMAGE_PIXELS // 1_000_000} megapixels"
+        )
+    return image

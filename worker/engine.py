@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from worker.adapters import ModelAdapter, adapter_for
+from worker.adapters import MediaLimits, ModelAdapter, adapter_for
 from worker.config import Settings
 from worker.errors import EngineError, UnsupportedInputError
 
@@ -39,8 +39,14 @@ class PixelLimits:
     max_pixels: int
 
 
+@dataclass(frozen=True)
+class MediaPixels:
+    video: PixelLimits
+    image: PixelLimits
+
+
 class Engine:
-    def __init__(self, llm: Any, adapter: ModelAdapter, tokenizer: Any, model: str, pixels: PixelLimits) -> None:
+    def __init__(self, llm: Any, adapter: ModelAdapter, tokenizer: Any, model: str, pixels: MediaPixels) -> None:
         self.llm = llm
         self.adapter = adapter
         self.tokenizer = tokenizer
@@ -62,6 +68,8 @@ class Engine:
             settings.model_name, revision=settings.model_revision, trust_remote_code=settings.trust_remote_code
         )
         adapter = adapter_for(getattr(hf_config, "architectures", None))
+        pixels = _pixel_limits(settings)
+        limits = MediaLimits(settings.max_frames_limit, pixels.video.max_pixels, pixels.image.max_pixels)
         args = AsyncEngineArgs(
             model=settings.model_name,
             revision=settings.model_revision,
@@ -75,13 +83,12 @@ class Engine:
             tensor_parallel_size=settings.tensor_parallel_size,
             trust_remote_code=settings.trust_remote_code,
             seed=settings.seed,
-            **adapter.engine_kwargs(settings.max_frames_limit, settings.video_max_pixels),
+            **adapter.engine_kwargs(limits),
         )
         started = time.perf_counter()
         llm = AsyncLLM.from_engine_args(args)
         elapsed = time.perf_counter() - started
         log.info("engine ready in %.1f s (%s, adapter %s)", elapsed, settings.model_name, adapter.family)
-        pixels = _pixel_limits(settings)
         return cls(llm, adapter, llm.get_tokenizer(), settings.model_name, pixels)
 
     async def generate(self, inputs: dict[str, Any], sampling: dict[str, Any], request_id: str) -> Generation:
@@ -118,22 +125,29 @@ class Engine:
         self.llm.shutdown()
 
 
-def _pixel_limits(settings: Settings) -> PixelLimits:
-    """Frame pixel range: the deployment's VIDEO_MIN/MAX_PIXELS within what the model's video processor
-    accepts, so the processor never resizes what the planner sized."""
-    from transformers import AutoVideoProcessor
+def _pixel_limits(settings: Settings) -> MediaPixels:
+    """Pixel ranges of frames and images: the deployment's settings within what the model's processors
+    accept, so the processors never resize what the planner sized."""
+    from transformers import AutoImageProcessor, AutoVideoProcessor
 
-    processor = AutoVideoProcessor.from_pretrained(
-        settings.model_name, revision=settings.model_revision, trust_remote_code=settings.trust_remote_code
+    source = {"revision": settings.model_revision, "trust_remote_code": settings.trust_remote_code}
+    video = AutoVideoProcessor.from_pretrained(settings.model_name, **source)
+    image = AutoImageProcessor.from_pretrained(settings.model_name, **source)
+    return MediaPixels(
+        video=_within(video, "VIDEO", settings.video_min_pixels, settings.video_max_pixels),
+        image=_within(image, "IMAGE", settings.video_min_pixels, settings.image_max_pixels),
     )
+
+
+def _within(processor: Any, name: str, wanted_min: int, wanted_max: int) -> PixelLimits:
     size = getattr(processor, "size", None) or {}
     low = int(size.get("shortest_edge") or getattr(processor, "min_pixels", 0) or 0)
-    high = int(size.get("longest_edge") or getattr(processor, "max_pixels", 0) or settings.video_max_pixels)
-    limits = PixelLimits(max(settings.video_min_pixels, low), min(settings.video_max_pixels, high))
+    high = int(size.get("longest_edge") or getattr(processor, "max_pixels", 0) or wanted_max)
+    limits = PixelLimits(max(wanted_min, low), min(wanted_max, high))
     if limits.min_pixels > limits.max_pixels:
         raise EngineError(
-            f"VIDEO_MIN_PIXELS/VIDEO_MAX_PIXELS ({settings.video_min_pixels}/{settings.video_max_pixels}) leave no "
-            f"room within the model's video processor range [{low}, {high}]"
+            f"VIDEO_MIN_PIXELS/{name}_MAX_PIXELS ({wanted_min}/{wanted_max}) leave no room within the model's "
+            f"{name.lower()} processor range [{low}, {high}]"
         )
     return limits
 

@@ -49,6 +49,20 @@ def plan_timestamps(
     return SamplePlan(timestamps=timestamps, fps_used=count / duration)
 
 
+def audio_window(timestamps: list[float], fps_used: float, duration: float) -> tuple[float, float]:
+    """The stretch of the video, (start, end) in seconds, that the sampled frames stand for: each frame
+    represents its sampling interval, so it runs from half an interval before the first frame to half an
+    interval after the last, within [0, duration]. The audio given with the frames is this stretch, so
+    sound and pictures cover the same time and start together (audio-visual models align them by time).
+    """
+    if not timestamps or fps_used <= 0:
+        raise ValueError("need at least one timestamp and a positive sampling rate")
+    half = 0.5 / fps_used
+    start = max(0.0, timestamps[0] - half)
+    end = min(duration, timestamps[-1] + half)
+    return round(start, 6), round(max(start, end), 6)
+
+
 @dataclass(frozen=True)
 class VisionGeometry:
     """How a model family turns pixels into tokens."""

@@ -17,18 +17,33 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from worker.errors import ValidationError
 
 DEFAULT_PROMPT = "Describe this video in detail."
+DEFAULT_IMAGE_PROMPT = "Describe this image in detail."
 # Linux PATH_MAX. A `video` string starting with "/" is a path up to this length; longer ones are base64.
 PATH_MAX = 4096
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 _DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?:;[\w-]+=[\w.-]+)*;base64,", re.IGNORECASE)
 
 SourceKind = Literal["url", "path", "base64"]
+MediaType = Literal["video", "image"]
+# The fields that name the job's media: a bare one (classified by classify_video's rules) and three
+# explicit ones per media type. Exactly one of them must be given.
+SOURCE_FIELDS: dict[str, tuple[MediaType, SourceKind | None]] = {
+    "video": ("video", None),
+    "video_url": ("video", "url"),
+    "video_path": ("video", "path"),
+    "video_base64": ("video", "base64"),
+    "image": ("image", None),
+    "image_url": ("image", "url"),
+    "image_path": ("image", "path"),
+    "image_base64": ("image", "base64"),
+}
 
 
 @dataclass(frozen=True)
 class MediaSource:
     kind: SourceKind
     value: str  # the URL, the path, or the base64 payload without any data: prefix
+    media_type: MediaType = "video"
 
     def describe(self) -> str:
         """A log- and error-safe description (never the payload itself)."""
@@ -43,7 +58,7 @@ def strip_data_uri(value: str) -> str:
 
 
 def classify_video(value: str) -> MediaSource:
-    """Decide what a bare ``video`` string is. The rules, in order (README, "Video sources"):
+    """Decide what a bare ``video`` (or ``image``) string is. The rules, in order (README, "Media sources"):
 
     1. ``data:...;base64,`` prefix -> base64.
     2. ``http://`` / ``https://`` -> URL; any other ``scheme://`` is rejected.
@@ -79,8 +94,14 @@ class CaptionRequest(BaseModel):
     video_url: NonEmptyStr | None = None
     video_path: NonEmptyStr | None = None
     video_base64: NonEmptyStr | None = None
+    image: NonEmptyStr | None = Field(None, description="one still image instead of a video; same rules")
+    image_url: NonEmptyStr | None = None
+    image_path: NonEmptyStr | None = None
+    image_base64: NonEmptyStr | None = None
 
-    prompt: Annotated[str, StringConstraints(min_length=1, max_length=16384)] = DEFAULT_PROMPT
+    prompt: Annotated[str, StringConstraints(min_length=1, max_length=16384)] | None = Field(
+        None, description=f"default: {DEFAULT_PROMPT!r} ({DEFAULT_IMAGE_PROMPT!r} for an image)"
+    )
     fps: float = Field(1.0, ge=0.1, le=30.0, allow_inf_nan=False)
     max_frames: int = Field(30, ge=1, description="upper bound: env MAX_FRAMES_LIMIT (default 100)")
     temperature: float = Field(0.7, ge=0.0, le=2.0, allow_inf_nan=False)
@@ -100,42 +121,56 @@ class CaptionRequest(BaseModel):
             raise ValueError(f"must be at most {limit} (MAX_FRAMES_LIMIT of this deployment)")
         return value
 
-    @field_validator("video_url")
+    @field_validator("video_url", "image_url")
     @classmethod
     def _url_scheme(cls, value: str | None) -> str | None:
         if value is not None and classify_video(value).kind != "url":
             raise ValueError("must be an http:// or https:// URL")
         return value
 
-    @field_validator("video_path")
+    @field_validator("video_path", "image_path")
     @classmethod
     def _absolute_path(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith("/"):
             raise ValueError("must be an absolute path")
         return value
 
+    @field_validator("video", "image")
+    @classmethod
+    def _classifiable(cls, value: str | None) -> str | None:
+        if value is not None:
+            classify_video(value)  # raises ValueError for a rejected scheme or data URI
+        return value
+
     @model_validator(mode="after")
     def _exactly_one_source(self) -> CaptionRequest:
-        given = [name for name in ("video", "video_url", "video_path", "video_base64") if getattr(self, name)]
+        given = [name for name in SOURCE_FIELDS if getattr(self, name)]
         if len(given) != 1:
             raise ValueError(
-                "give exactly one of video, video_url, video_path, video_base64"
-                + (f" (got {', '.join(given)})" if given else "")
+                f"give exactly one of {', '.join(SOURCE_FIELDS)}" + (f" (got {', '.join(given)})" if given else "")
             )
-        if self.video is not None:
-            classify_video(self.video)  # raises ValueError for a rejected scheme or data URI
         return self
 
     @property
     def source(self) -> MediaSource:
-        if self.video_url:
-            return MediaSource("url", self.video_url)
-        if self.video_path:
-            return MediaSource("path", self.video_path)
-        if self.video_base64:
-            return MediaSource("base64", strip_data_uri(self.video_base64))
-        assert self.video is not None  # guaranteed by _exactly_one_source
-        return classify_video(self.video)
+        name = next(name for name in SOURCE_FIELDS if getattr(self, name))  # exactly one, see above
+        media_type, kind = SOURCE_FIELDS[name]
+        value: str = getattr(self, name)
+        if kind is None:
+            found = classify_video(value)
+            return MediaSource(found.kind, found.value, media_type)
+        return MediaSource(kind, strip_data_uri(value) if kind == "base64" else value, media_type)
+
+    @property
+    def media_type(self) -> MediaType:
+        return self.source.media_type
+
+    @property
+    def text(self) -> str:
+        """The prompt, or the default for the media type."""
+        if self.prompt is not None:
+            return self.prompt
+        return DEFAULT_IMAGE_PROMPT if self.media_type == "image" else DEFAULT_PROMPT
 
     @property
     def stop_list(self) -> list[str]:
@@ -179,6 +214,8 @@ def parse_request(raw: Any, *, max_frames_limit: int) -> CaptionRequest:
 
 
 class VideoInfo(BaseModel):
+    """The source media as found (for an image: its size and format, duration 0)."""
+
     duration: float
     width: int
     height: int
@@ -196,9 +233,12 @@ class Timings(BaseModel):
 
 
 class CaptionMetadata(BaseModel):
+    media_type: MediaType
     num_frames: int
     fps_used: float
     audio_processed: bool
+    audio_seconds: float = Field(0.0, description="seconds of sound given to the model")
+    audio_tokens: int = Field(0, description="prompt tokens the model spent on that sound")
     processing_time: float
     frame_timestamps: list[float]
     frame_size: tuple[int, int] = Field(description="(width, height) of the frames given to the model")

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from worker.adapters.base import ModelAdapter
+from worker.adapters.base import MediaLimits, ModelAdapter
+from worker.adapters.qwen2_5_omni import Qwen25OmniAdapter
 from worker.adapters.qwen2_5_vl import Qwen25VLAdapter
+from worker.adapters.qwen2_vl import Qwen2VLAdapter
+from worker.adapters.qwen3_vl import Qwen3VLAdapter
 from worker.errors import EngineError
 
-ADAPTERS: tuple[type[ModelAdapter], ...] = (Qwen25VLAdapter,)
+ADAPTERS: tuple[type[ModelAdapter], ...] = (Qwen25VLAdapter, Qwen2VLAdapter, Qwen3VLAdapter, Qwen25OmniAdapter)
 
 
 def adapter_for(architectures: Sequence[str] | None) -> ModelAdapter:
@@ -19,4 +22,4 @@ def adapter_for(architectures: Sequence[str] | None) -> ModelAdapter:
     raise EngineError(f"model architectures {list(architectures or [])} are not supported; supported: {supported}")
 
 
-__all__ = ["ADAPTERS", "ModelAdapter", "adapter_for"]
+__all__ = ["ADAPTERS", "MediaLimits", "ModelAdapter", "adapter_for"]

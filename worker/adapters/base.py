@@ -1,16 +1,27 @@
-"""What a model family must tell the worker: how to phrase the prompt, how to hand over frames (and audio),
-and how its vision tower turns pixels into tokens."""
+"""What a model family must tell the worker: how to phrase the prompt, how to hand over frames, images and
+audio, and how its encoders turn pixels and sound into tokens."""
 
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
-from worker.decode import DecodedFrames, Probe
+from worker.decode import AudioClip, DecodedFrames, Probe
 from worker.frame_plan import VisionGeometry
+from worker.schema import MediaType
+
+
+@dataclass(frozen=True)
+class MediaLimits:
+    """The largest media one job can bring; vLLM sizes its memory profile from these."""
+
+    max_frames: int
+    video_max_pixels: int
+    image_max_pixels: int
 
 
 class ModelAdapter(ABC):
@@ -21,22 +32,43 @@ class ModelAdapter(ABC):
     geometry: ClassVar[VisionGeometry] = VisionGeometry()
     # Frames are folded in groups of this size; plans use multiples of it (see plan_timestamps).
     frame_multiple: ClassVar[int] = 1
+    # Text tokens the prompt carries per temporal group besides the visual ones (Qwen3-VL's timestamps).
+    text_tokens_per_group: ClassVar[int] = 0
     supports_audio: ClassVar[bool] = False
+    # Longest audio the model's feature extractor takes in one item; the rest would be cut silently.
+    max_audio_seconds: ClassVar[float] = 0.0
 
-    def engine_kwargs(self, max_frames: int, max_pixels: int) -> dict[str, Any]:
-        """Extra vLLM engine arguments this family needs. vLLM profiles memory with the largest video a
-        job can bring (``max_frames`` frames of ``max_pixels``) instead of its own much larger default,
-        which is both truer and ~40 s faster at start-up."""
-        side = max(self.geometry.factor, math.isqrt(max_pixels) // self.geometry.factor * self.geometry.factor)
-        video = {"count": 1, "num_frames": max_frames, "width": side, "height": side}
-        return {"limit_mm_per_prompt": {"video": video, "image": 0}}
+    def engine_kwargs(self, limits: MediaLimits) -> dict[str, Any]:
+        """Extra vLLM engine arguments this family needs. vLLM profiles memory with the largest media a
+        job can bring instead of its own much larger defaults, which is both truer and ~40 s faster at
+        start-up."""
+        video_side = self._square_side(limits.video_max_pixels)
+        image_side = self._square_side(limits.image_max_pixels)
+        mm: dict[str, Any] = {
+            "video": {"count": 1, "num_frames": limits.max_frames, "width": video_side, "height": video_side},
+            "image": {"count": 1, "width": image_side, "height": image_side},
+        }
+        return {"limit_mm_per_prompt": mm}
+
+    def _square_side(self, max_pixels: int) -> int:
+        factor = self.geometry.factor
+        return max(factor, math.isqrt(max_pixels) // factor * factor)
+
+    def audio_tokens(self, num_samples: int) -> int:
+        """Prompt tokens the model spends on ``num_samples`` of 16 kHz audio (0: it takes no audio)."""
+        return 0
 
     @abstractmethod
-    def build_prompt(self, tokenizer: Any, text: str) -> str:
-        """The full prompt string, with the model's video placeholder, ready for generation."""
+    def build_prompt(self, tokenizer: Any, text: str, media_type: MediaType) -> str:
+        """The full prompt string, with the model's video or image placeholder, ready for generation."""
 
     @abstractmethod
-    def build_inputs(
-        self, prompt: str, frames: DecodedFrames, probe: Probe, audio: np.ndarray | None
+    def video_inputs(
+        self, prompt: str, frames: DecodedFrames, probe: Probe, fps_used: float, audio: AudioClip | None
     ) -> dict[str, Any]:
-        """A vLLM prompt dict (``prompt``, ``multi_modal_data``, ``mm_processor_kwargs``)."""
+        """A vLLM prompt dict (``prompt``, ``multi_modal_data``, ``mm_processor_kwargs``) for a video and,
+        for audio-capable models, its sound over the same stretch of time."""
+
+    @abstractmethod
+    def image_inputs(self, prompt: str, image: np.ndarray) -> dict[str, Any]:
+        """A vLLM prompt dict for one RGB image (height, width, 3) already at the planned size."""

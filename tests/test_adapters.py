@@ -1,0 +1,108 @@
+"""Model-family adapters without an engine: choice by architecture, token arithmetic, vLLM inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from worker.adapters import ADAPTERS, MediaLimits, adapter_for
+from worker.adapters.qwen2_5_omni import Qwen25OmniAdapter
+from worker.decode import AudioClip, DecodedFrames, Probe
+from worker.errors import EngineError
+
+LIMITS = MediaLimits(max_frames=64, video_max_pixels=448 * 448, image_max_pixels=1280 * 28 * 28)
+
+
+@pytest.mark.parametrize(
+    "architecture,family",
+    [
+        ("Qwen2_5_VLForConditionalGeneration", "qwen2_5_vl"),
+        ("Qwen2VLForConditionalGeneration", "qwen2_vl"),
+        ("Qwen3VLForConditionalGeneration", "qwen3_vl"),
+        ("Qwen3VLMoeForConditionalGeneration", "qwen3_vl"),
+        ("Qwen2_5OmniModel", "qwen2_5_omni"),
+        ("Qwen2_5OmniForConditionalGeneration", "qwen2_5_omni"),
+    ],
+)
+def test_adapter_is_chosen_from_the_architecture(architecture: str, family: str) -> None:
+    assert adapter_for([architecture]).family == family
+
+
+def test_unknown_architecture_names_the_supported_ones() -> None:
+    with pytest.raises(EngineError, match="LlavaForConditionalGeneration.*Qwen2VLForConditionalGeneration"):
+        adapter_for(["LlavaForConditionalGeneration"])
+    with pytest.raises(EngineError):
+        adapter_for(None)
+
+
+def test_every_architecture_has_one_adapter() -> None:
+    names = [arch for cls in ADAPTERS for arch in cls.architectures]
+    assert len(names) == len(set(names))
+
+
+def test_profile_limits_follow_the_geometry_and_audio() -> None:
+    vl = adapter_for(["Qwen2_5_VLForConditionalGeneration"]).engine_kwargs(LIMITS)["limit_mm_per_prompt"]
+    assert vl["video"] == {"count": 1, "num_frames": 64, "width": 448, "height": 448}
+    assert vl["image"]["width"] == 980 and "audio" not in vl  # isqrt(1003520) = 1001 -> 35 * 28
+    qwen3 = adapter_for(["Qwen3VLForConditionalGeneration"]).engine_kwargs(LIMITS)["limit_mm_per_prompt"]
+    assert qwen3["video"]["width"] % 32 == 0 and qwen3["video"]["width"] == 448
+    omni = Qwen25OmniAdapter().engine_kwargs(LIMITS)["limit_mm_per_prompt"]
+    assert omni["audio"] == {"count": 1, "length": 300 * 16_000}
+
+
+@given(st.integers(1, 300 * 16_000))
+def test_omni_audio_tokens_match_whisper_front_end(samples: int) -> None:
+    tokens = Qwen25OmniAdapter().audio_tokens(samples)
+    # 25 tokens per second, never more than one over.
+    assert abs(tokens - samples / 640) <= 1.01
+    assert Qwen25OmniAdapter().audio_tokens(samples + 640) == tokens + 1
+
+
+@pytest.mark.parametrize("seconds", [0.5, 1.0, 2.0, 7.3, 29.99])
+def test_omni_audio_tokens_match_the_real_processor_arithmetic(seconds: float) -> None:
+    from transformers import WhisperFeatureExtractor
+
+    samples = round(seconds * 16_000)
+    extractor = WhisperFeatureExtractor(feature_size=128)
+    features = extractor(
+        np.zeros(samples, dtype=np.float32), sampling_rate=16_000, padding="max_length", return_attention_mask=True
+    )
+    # Qwen2_5OmniProcessor's own formula over the feature extractor's mask.
+    mel = int(features["attention_mask"].sum())
+    expected = ((mel - 1) // 2 + 1 - 2) // 2 + 1
+    assert Qwen25OmniAdapter().audio_tokens(samples) == expected
+    assert Qwen25OmniAdapter().audio_tokens(0) == 0
+
+
+def _frames(n: int = 4) -> tuple[DecodedFrames, Probe]:
+    frames = DecodedFrames(
+        frames=np.zeros((n, 56, 84, 3), dtype=np.uint8),
+        timestamps=[0.25 + 0.5 * i for i in range(n)],
+        indices=[round((0.25 + 0.5 * i) * 30) for i in range(n)],
+    )
+    probe = Probe(
+        duration=n * 0.5, width=84, height=56, fps=30.0, rotation=0, codec="h264", start_time=0.0,
+        has_audio=True, audio_seconds=n * 0.5,
+    )
+    return frames, probe
+
+
+def test_vision_inputs_carry_the_true_timing_and_no_resize() -> None:
+    frames, probe = _frames()
+    inputs = adapter_for(["Qwen2VLForConditionalGeneration"]).video_inputs("p", frames, probe, 2.0, None)
+    video, meta = inputs["multi_modal_data"]["video"]
+    assert video.shape == (4, 56, 84, 3)
+    assert meta["fps"] == 30.0 and meta["frames_indices"] == [8, 22, 38, 52] and meta["do_sample_frames"] is False
+    assert inputs["mm_processor_kwargs"] == {"do_resize": False}
+
+
+def test_omni_gets_the_sound_and_the_sampling_rate() -> None:
+    frames, probe = _frames()
+    clip = AudioClip(np.zeros(32_000, dtype=np.float32), start=0.0)
+    inputs = Qwen25OmniAdapter().video_inputs("p", frames, probe, 2.0, clip)
+    assert inputs["multi_modal_data"]["audio"][1] == 16_000
+    assert inputs["mm_processor_kwargs"] == {"do_resize": False, "fps": 2.0, "use_audio_in_video": True}
+    silent = Qwen25OmniAdapter().video_inputs("p", frames, probe, 2.0, None)
+    assert "audio" not in silent["multi_modal_data"] and "use_audio_in_video" not in silent["mm_processor_kwargs"]

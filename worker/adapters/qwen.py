@@ -1,0 +1,56 @@
+"""What every Qwen vision-language family shares: prompts from the model's own chat template, frames
+handed over pre-sampled with their true timing, and sizes the processor must not change."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from worker.adapters.base import ModelAdapter
+from worker.decode import AudioClip, DecodedFrames, Probe
+from worker.schema import MediaType
+
+# Frames and images already have the planned size (multiples of the patch factor); resizing again would
+# only cost time and could change the token count the planner budgeted.
+NO_RESIZE: dict[str, Any] = {"do_resize": False}
+
+
+def video_metadata(frames: DecodedFrames, probe: Probe) -> dict[str, Any]:
+    """transformers' VideoMetadata for pre-sampled frames: fps and frame indices of the *source*, so the
+    processor's sampled rate (len(indices) / total * fps) is the true sampling rate and the models' temporal
+    positions (Qwen2.5-VL's second_per_grid_ts, Qwen3-VL's timestamps) match real time."""
+    fps = probe.fps or len(frames.timestamps) / probe.duration
+    total = max(round(probe.duration * fps), frames.indices[-1] + 1)
+    return {
+        "fps": fps,
+        "duration": probe.duration,
+        "total_num_frames": total,
+        "frames_indices": frames.indices,
+        "video_backend": "pyav",
+        "do_sample_frames": False,
+        "height": frames.frames.shape[1],
+        "width": frames.frames.shape[2],
+    }
+
+
+class QwenAdapter(ModelAdapter):
+    """Qwen2-VL, Qwen2.5-VL, Qwen3-VL and the Omni thinkers: they differ in geometry and audio only."""
+
+    frame_multiple = 2
+
+    def build_prompt(self, tokenizer: Any, text: str, media_type: MediaType) -> str:
+        messages = [{"role": "user", "content": [{"type": media_type}, {"type": "text", "text": text}]}]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def video_inputs(
+        self, prompt: str, frames: DecodedFrames, probe: Probe, fps_used: float, audio: AudioClip | None
+    ) -> dict[str, Any]:
+        return {
+            "prompt": prompt,
+            "multi_modal_data": {"video": (frames.frames, video_metadata(frames, probe))},
+            "mm_processor_kwargs": dict(NO_RESIZE),
+        }
+
+    def image_inputs(self, prompt: str, image: np.ndarray) -> dict[str, Any]:
+        return {"prompt": prompt, "multi_modal_data": {"image": image}, "mm_processor_kwargs": dict(NO_RESIZE)}
