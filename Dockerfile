@@ -2,7 +2,7 @@
 #
 #   docker buildx build -t video-caption-worker .
 #   # optional: bake the model into the image (gated repo: also --secret id=HF_TOKEN,env=HF_TOKEN)
-#   docker buildx build --build-arg MODEL_NAME=Qwen/Qwen2.5-VL-7B-Instruct -t video-caption-worker:qwen7b .
+#   docker buildx build --build-arg MODEL_NAME=Qwen/Qwen2.5-Omni-7B -t video-caption-worker:omni7b .
 
 # CUDA 13.0.2 because the PyPI torch 2.11.0 that vLLM 0.26.0 pins is built for CUDA 13.0
 # (it depends on cuda-toolkit==13.0.2 and nvidia-cudnn-cu13 wheels, so cuDNN comes from pip and
@@ -63,7 +63,7 @@ RUN --mount=type=secret,id=HF_TOKEN,required=false \
 # equal Settings.model_name's default in worker/config.py (tests/test_dockerfile.py checks it);
 # an empty MODEL_NAME here would override that default with "".
 ARG BAKED_MODEL_PATH=${MODEL_NAME:+/models/${MODEL_NAME}}
-ENV MODEL_NAME=${BAKED_MODEL_PATH:-Qwen/Qwen2.5-VL-7B-Instruct}
+ENV MODEL_NAME=${BAKED_MODEL_PATH:-Qwen/Qwen2.5-Omni-7B}
 
 # Same cache layout as RunPod's worker-vllm: on RunPod, /runpod-volume is the network volume
 # (weights survive cold starts) and RunPod's model caching puts snapshots in

@@ -19,7 +19,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
 
     # Engine (vLLM)
-    model_name: str = "Qwen/Qwen2.5-VL-7B-Instruct"
+    # Audio-visual: hears the video's sound with process_audio (README, "Models").
+    model_name: str = "Qwen/Qwen2.5-Omni-7B"
     model_revision: str | None = None
     tokenizer_name: str | None = None
     max_model_len: int = Field(32768, ge=256)
