@@ -567,18 +567,20 @@ def qwen2_5_vl_config(size: str) -> dict[str, Any]:
     }
 
 
-# generation_config.json of the Qwen2-VL and Qwen2.5-VL instruct repos (top_k 1: greedy in effect); they
-# differ only in temperature, which each builder sets.
-_QWEN_VL_NEAR_GREEDY_GENERATION: dict[str, Any] = {
-    "bos_token_id": 151643,
-    "pad_token_id": 151643,
-    "do_sample": True,
-    "eos_token_id": [151645, 151643],
-    "repetition_penalty": 1.05,
-    "top_p": 0.001,
-    "top_k": 1,
-    "transformers_version": "4.37.0",
-}
+def _qwen_vl_generation_config(temperature: float) -> dict[str, Any]:
+    """generation_config.json of the Qwen2-VL and Qwen2.5-VL instruct repos (top_k 1: greedy in effect);
+    they differ only in temperature."""
+    return {
+        "bos_token_id": 151643,
+        "pad_token_id": 151643,
+        "do_sample": True,
+        "eos_token_id": [151645, 151643],
+        "repetition_penalty": 1.05,
+        "temperature": temperature,
+        "top_p": 0.001,
+        "top_k": 1,
+        "transformers_version": "4.37.0",
+    }
 
 
 def _qwen_vl_processor_numbers() -> dict[str, Any]:
@@ -598,7 +600,7 @@ def _build_qwen2_5_vl(out_dir: Path, size: str) -> None:
     _write_json(out_dir / "config.json", qwen2_5_vl_config(size))
     # Qwen2.5-VL-7B-Instruct's generation_config.json: vLLM applies it as the default sampling
     # parameters (near-greedy), so requests without explicit sampling behave as in production.
-    _write_json(out_dir / "generation_config.json", {**_QWEN_VL_NEAR_GREEDY_GENERATION, "temperature": 0.1})
+    _write_json(out_dir / "generation_config.json", _qwen_vl_generation_config(0.1))
     _write_json(
         out_dir / "preprocessor_config.json",
         {
@@ -691,7 +693,7 @@ def qwen2_vl_config(size: str) -> dict[str, Any]:
 
 def _build_qwen2_vl(out_dir: Path, size: str) -> None:
     _write_json(out_dir / "config.json", qwen2_vl_config(size))
-    _write_json(out_dir / "generation_config.json", {**_QWEN_VL_NEAR_GREEDY_GENERATION, "temperature": 0.01})
+    _write_json(out_dir / "generation_config.json", _qwen_vl_generation_config(0.01))
     _write_json(
         out_dir / "preprocessor_config.json",
         {
