@@ -103,6 +103,27 @@ def test_omni_gets_the_sound_and_the_sampling_rate() -> None:
     clip = AudioClip(np.zeros(32_000, dtype=np.float32), start=0.0)
     inputs = Qwen25OmniAdapter().video_inputs("p", frames, probe, 2.0, clip)
     assert inputs["multi_modal_data"]["audio"][1] == 16_000
-    assert inputs["mm_processor_kwargs"] == {"do_resize": False, "fps": 2.0, "use_audio_in_video": True}
+    assert inputs["mm_processor_kwargs"] == {
+        "do_resize": False, "fps": 2.0, "second_per_grid_ts": [1.0], "use_audio_in_video": True
+    }
     silent = Qwen25OmniAdapter().video_inputs("p", frames, probe, 2.0, None)
     assert "audio" not in silent["multi_modal_data"] and "use_audio_in_video" not in silent["mm_processor_kwargs"]
+    assert "multi_modal_uuids" not in silent
+
+
+def test_omni_video_is_cached_under_frames_and_sound_together() -> None:
+    # The same frames with another sound track must not share vLLM's processed-video cache entry.
+    frames, probe = _frames()
+    adapter = Qwen25OmniAdapter()
+
+    def keys(samples: np.ndarray) -> tuple[str, str]:
+        uuids = adapter.video_inputs("p", frames, probe, 2.0, AudioClip(samples, 0.0))["multi_modal_uuids"]
+        return uuids["video"][0], uuids["audio"][0]
+
+    long, short = np.ones(96_000, dtype=np.float32), np.ones(32_000, dtype=np.float32)
+    assert keys(long) == keys(long.copy())
+    assert keys(long)[0] != keys(short)[0] and keys(long)[1] != keys(short)[1]
+    frames.frames[0, 0, 0, 0] = 1  # other frames, same sound: the sound's entry differs too
+    assert keys(long)[1] != adapter.video_inputs("p", _frames()[0], probe, 2.0, AudioClip(long, 0.0))[
+        "multi_modal_uuids"
+    ]["audio"][0]
