@@ -38,13 +38,15 @@ def make_video(
     vfr: bool = False,
     gop: int | None = None,
     texture: bool = False,
+    seed: int = 0,
     encoder_options: dict[str, str] | None = None,
 ) -> Path:
     """Write a test video. ``vfr`` spaces frames alternately 0.5x and 1.5x the nominal interval.
     ``rotation`` is the counter-clockwise display rotation stored in the container's display matrix.
+    ``seed`` varies the texture, so generated clips differ pixel for pixel (vLLM caches by content).
     ``encoder_options`` go to the encoder as is (e.g. x264's ``{"preset": "veryfast"}``)."""
     count = max(1, round(seconds * fps))
-    pattern = _texture(height, width) if texture else None
+    pattern = _texture(height, width, seed) if texture else None
     # Sensor-like grain that changes every frame (a short cycle: cheap to make, too long to predict).
     grain = (
         np.random.default_rng(1).integers(-GRAIN, GRAIN + 1, size=(7, height, width, 3), dtype=np.int16)
@@ -90,9 +92,9 @@ def make_video(
     return path
 
 
-def _texture(height: int, width: int) -> np.ndarray:
+def _texture(height: int, width: int, seed: int) -> np.ndarray:
     """(height, width, 3) int16, zero-mean: smooth waves of a few sizes plus fine grain, tinted per channel."""
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     luma = np.zeros((height, width), np.float32)
     for wavelength in (240.0, 97.0, 41.0, 17.0, 7.0):
