@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.media_factory import make_video
+from worker.compile_cache import configure_compile_caches
 from worker.config import Settings
 from worker.engine import Engine, EngineSlot
 from worker.pipeline import CaptionService, _sampling
@@ -317,6 +318,12 @@ def main() -> None:
     parser.add_argument("--max-num-batched-tokens", type=int, help="MAX_NUM_BATCHED_TOKENS (default: vLLM's)")
     parser.add_argument("--mm-processor-cache-gb", type=float, help="MM_PROCESSOR_CACHE_GB (default: vLLM's)")
     parser.add_argument("--media-dir", type=Path, default=Path(tempfile.gettempdir()) / "bench-e2e-media")
+    parser.add_argument(
+        "--compile-cache-dir",
+        type=Path,
+        help="COMPILE_CACHE_DIR for this run (e.g. the one bench/coldstart.py --cache-dir filled); default: "
+        "the libraries' own cache folders",
+    )
     parser.add_argument("--out", type=Path, help="also write the RESULT json to this file")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -350,6 +357,9 @@ def main() -> None:
         allowed_media_roots=[args.media_dir],
         work_dir=work / "jobs",
     )
+    if args.compile_cache_dir:
+        # As the handler does at start, before vLLM is imported (nothing above has imported it).
+        configure_compile_caches(args.compile_cache_dir)
     t = time.perf_counter()
     slot = EngineSlot()
     slot.start(settings)
