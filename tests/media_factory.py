@@ -2,6 +2,8 @@
 
 Frame i of n is a flat gray of level ``frame_level(i, n)`` (a ramp from 16 to 235) with a white
 marker square in the coded top-left corner, so a test can tell which frame it got and which way up it is.
+``texture=True`` adds a panning, grainy pattern around that level: flat frames cost a decoder almost
+nothing, so benchmarks use it to get bitrates and decode costs like camera footage.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import av
 import numpy as np
 
 MARKER = 8  # side of the corner marker, pixels
+GRAIN = 10  # amplitude of the per-frame grain of textured videos
 
 
 def frame_level(index: int, count: int) -> int:
@@ -35,12 +38,24 @@ def make_video(
     rotation: int = 0,
     vfr: bool = False,
     gop: int | None = None,
+    texture: bool = False,
+    seed: int = 0,
+    encoder_options: dict[str, str] | None = None,
 ) -> Path:
     """Write a test video. ``vfr`` spaces frames alternately 0.5x and 1.5x the nominal interval.
     ``rotation`` is the counter-clockwise display rotation stored in the container's display matrix.
     The audio is a tone of 440 Hz in its first half and 880 Hz in its second, starting ``audio_delay``
-    seconds after the first frame."""
+    seconds after the first frame.
+    ``seed`` varies the texture, so generated clips differ pixel for pixel (vLLM caches by content).
+    ``encoder_options`` go to the encoder as is (e.g. x264's ``{"preset": "veryfast"}``)."""
     count = max(1, round(seconds * fps))
+    pattern = _texture(height, width, seed) if texture else None
+    # Sensor-like grain that changes every frame (a short cycle: cheap to make, too long to predict).
+    grain = (
+        np.random.default_rng(1).integers(-GRAIN, GRAIN + 1, size=(7, height, width, 3), dtype=np.int16)
+        if texture
+        else None
+    )
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height = width, height
@@ -51,6 +66,8 @@ def make_video(
         stream.codec_context.time_base = Fraction(1, 1000)
         if gop:
             stream.codec_context.gop_size = gop
+        if encoder_options:
+            stream.options = dict(encoder_options)
         if rotation:
             stream.set_display_rotation(rotation)
         astream = None
@@ -59,7 +76,12 @@ def make_video(
             astream.layout = "stereo" if audio_channels == 2 else ("mono" if audio_channels == 1 else "5.1")
         pts = 0.0
         for i in range(count):
-            img = np.full((height, width, 3), frame_level(i, count), dtype=np.uint8)
+            if pattern is None:
+                img = np.full((height, width, 3), frame_level(i, count), dtype=np.uint8)
+            else:
+                # Pan 2 px a frame; the pattern is zero-mean, so the frame's level stays readable.
+                moved = np.roll(pattern, 2 * i, axis=1) + grain[i % len(grain)]
+                img = np.clip(moved + frame_level(i, count), 0, 255).astype(np.uint8)
             img[: min(MARKER, height), : min(MARKER, width)] = 255
             frame = av.VideoFrame.from_ndarray(img, format="rgb24")
             frame.pts = round(pts * 1000)
@@ -71,6 +93,21 @@ def make_video(
         if astream is not None:
             _write_tone(container, astream, audio_seconds if audio_seconds is not None else seconds, audio_delay)
     return path
+
+
+def _texture(height: int, width: int, seed: int) -> np.ndarray:
+    """(height, width, 3) int16, zero-mean: smooth waves of a few sizes plus fine grain, tinted per channel."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    luma = np.zeros((height, width), np.float32)
+    for wavelength in (240.0, 97.0, 41.0, 17.0, 7.0):
+        angle = rng.uniform(0, np.pi)
+        phase = rng.uniform(0, 2 * np.pi)
+        luma += (wavelength**0.5) * np.sin(2 * np.pi * (x * np.cos(angle) + y * np.sin(angle)) / wavelength + phase)
+    luma = luma / np.abs(luma).max() * 40
+    tint = 12 * np.sin(2 * np.pi * x / max(8, width / 3))
+    out = np.stack([luma + tint, luma, luma - tint], axis=-1) + rng.normal(0, 4, (height, width, 3))
+    return np.round(out - out.mean(axis=(0, 1))).astype(np.int16)
 
 
 def _write_tone(
@@ -87,7 +124,9 @@ def _write_tone(
     resampler = av.AudioResampler(format=fmt, layout=stream.codec_context.layout, rate=rate)
     for start in range(0, total, frame_size):
         chunk = np.tile(tone[start : start + frame_size], (channels, 1))
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk), format="fltp", layout=stream.codec_context.layout)
+        frame = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(chunk), format="fltp", layout=stream.codec_context.layout
+        )
         frame.sample_rate = rate
         frame.pts = start + offset
         for out in resampler.resample(frame):

@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 
 from tests.media_factory import MARKER, frame_level, make_corrupt
-from worker.decode import decode_audio, decode_frames, probe
+from worker.decode import (
+    _decode_at,
+    _packet_index,
+    _shown_packets,
+    _wrong_choices,
+    decode_audio,
+    decode_frames,
+    probe,
+)
 from worker.errors import DecodeError
 from worker.frame_plan import plan_timestamps
 
@@ -183,6 +191,46 @@ def test_audio_only_file_is_a_decode_error(tmp_path: Path) -> None:
         _write_tone(container, container.add_stream("aac", rate=16_000), 1.0)
     with pytest.raises(DecodeError, match="no video stream"):
         probe(path)
+
+
+@pytest.mark.parametrize("gop", [300, 10])
+@pytest.mark.parametrize("fps", [0.3, 0.5, 2.0, 5.0])
+def test_seeking_and_skipping_change_no_pixel(video: VideoMaker, gop: int, fps: float) -> None:
+    # Textured, so B-frames carry real residuals and a wrongly skipped or broken frame would show.
+    path = video(f"skip_gop{gop}.mp4", seconds=10.0, fps=10, gop=gop, texture=True)
+    info = probe(path)
+    plan = plan_timestamps(info.duration, info.fps, fps, 100)
+    got = decode_frames(path, info, plan.timestamps, (56, 84))
+    exact, exact_times = _decode_at(path, info, plan.timestamps, (56, 84), None)  # every frame, no seek
+    assert got.timestamps == [round(max(0.0, t), 6) for t in exact_times]
+    assert np.array_equal(got.frames, np.stack(exact))
+
+
+def test_instants_whose_frame_was_skipped_are_decoded_again(video: VideoMaker, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = video("skip_gop300.mp4", seconds=10.0, fps=10, gop=300, texture=True)
+    info = probe(path)
+    plan = plan_timestamps(info.duration, info.fps, 2.0, 100)
+    exact, exact_times = _decode_at(path, info, plan.timestamps, (56, 84), None)
+    # As if the index named no frame as shown: every non-reference frame is skipped, shown ones included.
+    monkeypatch.setattr("worker.decode._shown_packets", lambda timestamps, packet_times: set())
+    index = _packet_index(path, info.start_time)
+    _, skipped_times = _decode_at(path, info, plan.timestamps, (56, 84), index)
+    assert _wrong_choices(plan.timestamps, skipped_times, index.times), "the test needs a wrong choice"
+    got = decode_frames(path, info, plan.timestamps, (56, 84))
+    assert got.timestamps == [round(t, 6) for t in exact_times]
+    assert np.array_equal(got.frames, np.stack(exact))
+
+
+def test_shown_packets_are_the_last_at_or_before_each_instant() -> None:
+    assert _shown_packets([0.05, 0.1, 0.25, 9.0], [0.0, 0.1, 0.2, 0.3]) == {0.0, 0.1, 0.2, 0.3}
+    assert _shown_packets([0.0], [0.5]) == {0.5}  # before the first packet: the first frame is shown
+
+
+def test_wrong_choices_are_found() -> None:
+    packets = [0.0, 0.1, 0.2, 0.3, 0.4]
+    # 0.25 got 0.1 although 0.2 was there (skipped); 0.35 got 0.4 (a seek landed past it); the rest are right.
+    assert _wrong_choices([0.05, 0.25, 0.35, 0.45], [0.0, 0.1, 0.4, 0.4], packets) == [1, 2]
+    assert _wrong_choices([0.0], [0.0], []) == []
 
 
 def _photo(path: Path, size: tuple[int, int], fmt: str, orientation: int = 1) -> Path:

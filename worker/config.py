@@ -32,6 +32,13 @@ class Settings(BaseSettings):
     tensor_parallel_size: int = Field(1, ge=1)
     trust_remote_code: bool = False
     seed: int = 0
+    # vLLM scheduler/cache knobs; unset keeps vLLM's own default (see engine_overrides). Chunked prefill
+    # is not among them: vLLM warns that turning it off for a generative model may crash the engine.
+    enable_prefix_caching: bool | None = None
+    max_num_batched_tokens: int | None = Field(None, ge=1)
+    mm_processor_cache_gb: float | None = Field(None, ge=0)
+    # vLLM / torch.compile / Triton caches (worker/compile_cache.py); empty = the libraries' defaults.
+    compile_cache_dir: Path | None = Path("/runpod-volume/vllm-cache")
 
     # Serving
     max_concurrency: int = Field(8, ge=1, le=256)
@@ -58,6 +65,20 @@ class Settings(BaseSettings):
     # cannot have arrived through the API.
     max_base64_bytes: int = Field(20 * 1024**2, ge=1)
     work_dir: Path = Field(default_factory=lambda: Path(tempfile.gettempdir()) / "caption-worker")
+
+    @field_validator("compile_cache_dir", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    def engine_overrides(self) -> dict[str, object]:
+        """The vLLM knobs the deployment set, for AsyncEngineArgs; the unset ones stay vLLM's defaults."""
+        knobs = {
+            "enable_prefix_caching": self.enable_prefix_caching,
+            "max_num_batched_tokens": self.max_num_batched_tokens,
+            "mm_processor_cache_gb": self.mm_processor_cache_gb,
+        }
+        return {name: value for name, value in knobs.items() if value is not None}
 
     @field_validator("allowed_media_roots", mode="before")
     @classmethod

@@ -9,8 +9,10 @@ can decode JPEGs at a reduced scale.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -20,6 +22,7 @@ import av.error
 import numpy as np
 import PIL.Image
 import PIL.ImageOps
+from av.video.reformatter import VideoReformatter
 
 from worker.errors import DecodeError
 
@@ -31,9 +34,9 @@ AUDIO_SAMPLE_RATE = 16_000
 MAX_IMAGE_PIXELS = 100_000_000
 # EXIF orientations 5-8 turn the picture by a quarter: displayed width and height swap.
 _EXIF_ORIENTATION = 0x0112
-# Seek instead of decoding through when the next wanted instant is this far ahead (seconds) and farther
-# than the keyframe spacing seen so far: below that a seek lands on the keyframe we would decode from anyway.
-SEEK_MIN_GAP = 2.0
+# Seek to the keyframe before the next wanted instant when it lies this far (seconds) past the last frame
+# decoded; nearer, the frames in flight in the decoder (reordering, frame threads) would be decoded twice.
+SEEK_MIN_GAP = 1.0
 
 
 @dataclass(frozen=True)
@@ -149,52 +152,126 @@ def _duration(container: av.container.InputContainer, stream: av.video.stream.Vi
 def decode_frames(path: Path, probe_result: Probe, timestamps: list[float], size: tuple[int, int]) -> DecodedFrames:
     """Frames shown at ``timestamps`` (seconds from the video's start), as RGB ``size`` = (height, width)
     upright images. The frame chosen for an instant t is the last one whose presentation time is <= t.
+
+    Only what the choice needs is decoded: a demux-only pass reads every packet's time and keyframe flag,
+    so the frame shown at each instant is known before decoding; the decoder jumps to the keyframe before
+    an instant when one lies well ahead of where it is, and skips the non-reference frames (nothing is
+    predicted from them) that are not shown, about half of a typical H.264/HEVC stream. The frames
+    decoded are then checked against the index; any instant that did not get its frame (a decoder that
+    drops frames, a seek that lands late) is decoded again the plain way, which is always exact.
     """
+    index = _packet_index(path, probe_result.start_time)
+    frames, times = _decode_at(path, probe_result, timestamps, size, index)
+    missed = _wrong_choices(timestamps, times, index.times)
+    if missed:
+        log.debug("decoding %d of %d instants again without skipping", len(missed), len(timestamps))
+        again, again_times = _decode_at(path, probe_result, [timestamps[i] for i in missed], size, None)
+        for i, frame, t in zip(missed, again, again_times):
+            frames[i], times[i] = frame, t
+    if not frames:
+        raise DecodeError("no frame could be decoded at the sampled instants")
+    fps = probe_result.fps or (len(times) / probe_result.duration)
+    times = [max(0.0, t) for t in times]
+    return DecodedFrames(
+        frames=np.stack(frames),
+        timestamps=[round(t, 6) for t in times],
+        indices=[int(round(t * fps)) for t in times],
+    )
+
+
+@dataclass(frozen=True)
+class PacketIndex:
+    times: list[float]  # presentation time of every video packet, seconds from the start, sorted
+    keyframes: list[float]  # those of keyframes, sorted
+
+
+def _packet_index(path: Path, start: float) -> PacketIndex:
+    """Reads packets without decoding them (a small fraction of the cost of decoding)."""
+    times: list[float] = []
+    keyframes: list[float] = []
+    with _open(path) as container:
+        stream = _video_stream(container)
+        time_base = stream.time_base or Fraction(1, 1_000_000)
+        try:
+            for packet in container.demux(stream):
+                if packet.pts is None:
+                    continue
+                t = float(packet.pts * time_base) - start
+                times.append(t)
+                if packet.is_keyframe:
+                    keyframes.append(t)
+        except av.error.FFmpegError as exc:
+            # A damaged tail: decode what can be decoded, the index covers what was read.
+            log.debug("packet scan stopped early: %s", _describe(exc))
+    return PacketIndex(sorted(times), sorted(keyframes))
+
+
+def _decode_at(
+    path: Path, probe_result: Probe, timestamps: list[float], size: tuple[int, int], index: PacketIndex | None
+) -> tuple[list[np.ndarray], list[float]]:
+    """(frames, their times) for ``timestamps``. With ``index`` it seeks and skips as decode_frames says;
+    without, it decodes every frame from the start, the plain way that is always exact."""
     height, width = size
     # Scale in the decoder's orientation, then turn: rot90 of a small RGB array is cheap.
     coded_w, coded_h = (height, width) if probe_result.rotation in (90, 270) else (width, height)
     quarter_turns = probe_result.rotation // 90
+    start = probe_result.start_time
     frames: list[np.ndarray] = []
     times: list[float] = []
+    # One scaler for the whole call: a new one per frame would set up swscale's filters every time, which
+    # costs as much as the conversion itself.
+    scaler = VideoReformatter()
 
     def keep(frame: av.VideoFrame) -> None:
-        rgb = frame.to_ndarray(width=coded_w, height=coded_h, format="rgb24", interpolation="AREA")
+        small = scaler.reformat(frame, width=coded_w, height=coded_h, format="rgb24", interpolation="AREA")
+        rgb = small.to_ndarray()
         frames.append(np.ascontiguousarray(np.rot90(rgb, k=-quarter_turns)) if quarter_turns else rgb)
-        times.append(max(0.0, float(frame.time or 0.0) - probe_result.start_time))
+        times.append(float(frame.time or 0.0) - start)
+
+    keyframes = index.keyframes if index is not None else []
+    shown = _shown_packets(timestamps, index.times) if index is not None else set()
+
+    def keyframe_to_seek(target: float, position: float) -> float | None:
+        """The keyframe before ``target`` when it lies far enough past ``position`` to be worth a seek."""
+        i = bisect.bisect_right(keyframes, target + 1e-9)
+        if i and keyframes[i - 1] > position + SEEK_MIN_GAP:
+            return keyframes[i - 1]
+        return None
 
     with _open(path) as container:
         stream = _video_stream(container)
         stream.thread_type = "AUTO"
+        context = stream.codec_context
         time_base = stream.time_base or Fraction(1, 1_000_000)
         pending = list(timestamps)
         previous: av.VideoFrame | None = None
-        last_key_time: float | None = None
-        key_spacing = 0.0
-        position = 0.0
-        seeked_for: float | None = None
+        position = 0.0  # presentation time of the last frame decoded
 
-        def far(target: float, now: float) -> bool:
-            return target - now > max(SEEK_MIN_GAP, key_spacing * 1.5)
+        def decoded() -> Iterator[av.VideoFrame]:
+            skipping = False
+            for packet in container.demux(stream):
+                skip = (
+                    index is not None and packet.pts is not None and float(packet.pts * time_base) - start not in shown
+                )
+                if skip != skipping:
+                    context.skip_frame = "NONREF" if skip else "DEFAULT"
+                    skipping = skip
+                yield from packet.decode()
 
         try:
             while pending:
-                target = pending[0]
-                if target != seeked_for and far(target, position):
-                    container.seek(int((target + probe_result.start_time) / time_base), stream=stream, backward=True)
-                    seeked_for, previous = target, None
-                for frame in container.decode(stream):
-                    t = float(frame.time or 0.0) - probe_result.start_time
+                keyframe = keyframe_to_seek(pending[0], position)
+                if keyframe is not None:
+                    container.seek(round((keyframe + start) / time_base), stream=stream, backward=True)
+                    previous, position = None, keyframe
+                for frame in decoded():
+                    t = float(frame.time or 0.0) - start
                     position = t
-                    if frame.key_frame:
-                        if last_key_time is not None and t > last_key_time:
-                            key_spacing = max(key_spacing, t - last_key_time)
-                        last_key_time = t
                     while pending and t > pending[0]:
                         keep(previous if previous is not None else frame)
                         pending.pop(0)
                     previous = frame
-                    # A seek for the next instant lands on an earlier keyframe; decode on from there.
-                    if not pending or (pending[0] != seeked_for and far(pending[0], t)):
+                    if not pending or keyframe_to_seek(pending[0], t) is not None:
                         break
                 else:
                     # End of stream: the last frame is what is shown for every remaining instant.
@@ -209,14 +286,27 @@ def decode_frames(path: Path, probe_result: Probe, timestamps: list[float], size
             log.warning(
                 "decode stopped early (%s); using %d of %d frames", _describe(exc), len(frames), len(timestamps)
             )
-    if not frames:
-        raise DecodeError("no frame could be decoded at the sampled instants")
-    fps = probe_result.fps or (len(times) / probe_result.duration)
-    return DecodedFrames(
-        frames=np.stack(frames),
-        timestamps=[round(t, 6) for t in times],
-        indices=[round(t * fps) for t in times],
-    )
+    return frames, times
+
+
+def _shown_packets(timestamps: list[float], packet_times: list[float]) -> set[float]:
+    """Times of the packets whose frames are shown at ``timestamps``: the last at or before each."""
+    shown = set()
+    for wanted in timestamps:
+        before = bisect.bisect_right(packet_times, wanted + 1e-9)
+        shown.add(packet_times[max(0, before - 1)] if packet_times else 0.0)
+    return shown
+
+
+def _wrong_choices(timestamps: list[float], chosen: list[float], packet_times: list[float]) -> list[int]:
+    """Positions whose chosen frame is not the last packet at or before the instant: the shown frame was
+    skipped, or a seek landed past the instant."""
+    wrong = []
+    for i, (wanted, got) in enumerate(zip(timestamps, chosen)):
+        before = bisect.bisect_right(packet_times, wanted + 1e-9)
+        if before and abs(packet_times[before - 1] - got) > 1e-6:
+            wrong.append(i)
+    return wrong
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,7 @@ class Engine:
             tensor_parallel_size=settings.tensor_parallel_size,
             trust_remote_code=settings.trust_remote_code,
             seed=settings.seed,
+            **settings.engine_overrides(),
             **adapter.engine_kwargs(limits),
         )
         started = time.perf_counter()

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from types import FrameType
 from typing import Any
 
+from worker.compile_cache import configure_compile_caches
 from worker.config import Settings, get_settings
 from worker.engine import EngineSlot
 from worker.pipeline import CaptionService
@@ -52,6 +53,8 @@ def build_worker(settings: Settings | None = None) -> dict[str, Any]:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     _exit_cleanly_on_sigterm()
+    # Before the engine imports vLLM and torch, which read the cache locations at import.
+    configure_compile_caches(settings.compile_cache_dir)
     slot = EngineSlot()
     slot.start(settings)
     service = CaptionService(settings, slot)

@@ -1,0 +1,415 @@
+"""End-to-end throughput (GPU): real encoded clips through the worker's async service, side by side with
+the engine alone and with vLLM's own video loader, on one engine in one run.
+
+    python bench/e2e.py                                  # 64 clips, concurrency 1,8,32, 7B-shaped dummy model
+    python bench/e2e.py --model /path/to/model --load-format auto
+    python bench/e2e.py --max-num-batched-tokens 8192 --enable-prefix-caching false   # engine knobs
+    python bench/e2e.py --model /tmp/tiny --clips 3 --seconds 4 --concurrency 1,2 --serial-clips 2 \\
+        --max-model-len 4096 --gpu-memory-utilization 0.25 --enforce-eager       # CPU smoke run
+
+Variants, each at every concurrency (jobs in flight at once):
+- worker:      CaptionService.handle, exactly as the RunPod handler calls it (fetch, probe, plan, decode in a
+               thread, engine); concurrency 1 is "one job at a time";
+- engine:      the same clips decoded beforehand by the worker's own code, only AsyncLLM.generate timed:
+               the ceiling the worker can reach;
+- vllm_loader: the clip handed to vLLM's own loader as its chat front end does for a file:// video_url
+               (MediaConnector.fetch_video_async -> the model's video loader, vLLM's thread pool), the
+               frames resized by the model's HF processor to the same pixel limits, then generate.
+The prefix and multimodal caches are emptied before every measurement, and the clips differ pixel for
+pixel, so no run is served from an earlier one. GPU busy fraction: NVML utilisation sampled every 100 ms
+(absent without a GPU). Ends with one line `RESULT {json}`. Must run as a script (vLLM spawns).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import multiprocessing
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Self
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.media_factory import make_video
+from worker.compile_cache import configure_compile_caches
+from worker.config import Settings
+from worker.engine import Engine, EngineSlot
+from worker.pipeline import CaptionService, _sampling
+from worker.schema import parse_request
+
+log = logging.getLogger("bench.e2e")
+VARIANTS = ("worker", "engine", "vllm_loader")
+CLIP_VERSION = 1
+
+
+# ---- clips ----
+
+
+def _make_clip(job: tuple[Path, int, float, int, int]) -> Path:
+    path, seed, seconds, width, height = job
+    if not path.exists():
+        tmp = path.with_suffix(".part.mp4")
+        make_video(
+            tmp,
+            seconds=seconds,
+            fps=30,
+            width=width,
+            height=height,
+            audio="aac",
+            texture=True,
+            seed=seed,
+            encoder_options={"preset": "veryfast"},
+        )
+        tmp.rename(path)
+    return path
+
+
+def make_clips(media_dir: Path, count: int, seconds: float, width: int, height: int) -> list[Path]:
+    """``count`` textured H.264 + AAC clips, each with its own texture; cached in ``media_dir``."""
+    media_dir.mkdir(parents=True, exist_ok=True)
+    jobs = [
+        (media_dir / f"v{CLIP_VERSION}_{width}x{height}_{seconds:g}s_{i:03d}.mp4", i, seconds, width, height)
+        for i in range(count)
+    ]
+    missing = [j for j in jobs if not j[0].exists()]
+    if missing:
+        # x264 threads too, but one encoder per core keeps every core busy on short clips.
+        with multiprocessing.get_context("spawn").Pool(max(1, min(len(missing), os.cpu_count() or 1))) as pool:
+            pool.map(_make_clip, missing)
+    return [j[0] for j in jobs]
+
+
+# ---- GPU busy sampling ----
+
+
+class GpuSampler:
+    """Mean NVML utilisation (share of time a kernel ran) of GPU 0 while running; None without NVML."""
+
+    def __init__(self, period: float = 0.1) -> None:
+        self.period = period
+        self.samples: list[int] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._handle: Any = None
+        try:
+            import pynvml
+        except ImportError:  # no NVML bindings (CPU build): report None, the rest of the bench still runs
+            return
+        try:
+            pynvml.nvmlInit()
+            self._handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        except pynvml.NVMLError:  # no driver or no GPU
+            return
+        self._nvml = pynvml
+
+    def __enter__(self) -> Self:
+        if self._handle is not None:
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            self.samples.append(self._nvml.nvmlDeviceGetUtilizationRates(self._handle).gpu)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    @property
+    def busy(self) -> float | None:
+        return round(statistics.mean(self.samples) / 100, 3) if self.samples else None
+
+
+# ---- variants ----
+
+
+class Bench:
+    def __init__(self, service: CaptionService, engine: Engine, clips: list[Path], args: argparse.Namespace) -> None:
+        self.service = service
+        self.engine = engine
+        self.clips = clips
+        self.args = args
+        self.jobs = [self.job(clip) for clip in clips]
+        self.request = parse_request(self.jobs[0], max_frames_limit=service.settings.max_frames_limit)
+        self.sampling = _sampling(self.request)
+        self.prompt = engine.adapter.build_prompt(engine.tokenizer, self.request.prompt)
+        self.predecoded: list[dict[str, Any]] = []
+        self.connector: Any = None
+        self.video_processor: str | None = None
+
+    def job(self, clip: Path) -> dict[str, Any]:
+        return {
+            "video": str(clip),
+            "fps": self.args.fps,
+            "max_frames": self.args.max_frames,
+            "max_tokens": self.args.max_tokens,
+        }
+
+    def predecode(self) -> None:
+        """The worker's own fetch/probe/plan/decode for every clip, then the adapter's engine inputs."""
+        engine = self.engine
+        for job in self.jobs:
+            request = parse_request(job, max_frames_limit=self.service.settings.max_frames_limit)
+            video = self.service._fetch_and_decode(request, engine)
+            self.predecoded.append(engine.adapter.build_inputs(self.prompt, video.frames, video.probe, None))
+
+    def setup_vllm_loader(self) -> None:
+        from vllm.multimodal.media.connector import MediaConnector
+        from vllm.transformers_utils.processor import get_video_processor_cls_name
+
+        # What `--media-io-kwargs '{"video": {"fps": F, "max_frames": N}}'` gives the chat front end.
+        video_io = {"fps": self.args.fps, "max_frames": self.args.max_frames}
+        self.connector = MediaConnector({"video": video_io}, allowed_local_media_path=str(self.clips[0].parent))
+        self.video_processor = get_video_processor_cls_name(self.engine.llm.vllm_config.model_config)
+
+    async def one(self, variant: str, i: int) -> dict[str, Any]:
+        started = time.perf_counter()
+        if variant == "worker":
+            out = await self.service.handle(self.jobs[i])
+            if "error" in out:
+                raise RuntimeError(f"clip {i}: {out['error']}")
+            meta = out["metadata"]
+            prompt_tokens, completion = meta["prompt_tokens"], meta["completion_tokens"]
+        else:
+            if variant == "engine":
+                inputs = self.predecoded[i]
+            else:
+                frames, metadata = await self.connector.fetch_video_async(
+                    self.clips[i].as_uri(), video_processor=self.video_processor
+                )
+                pixels = self.engine.pixels
+                inputs = {
+                    "prompt": self.prompt,
+                    "multi_modal_data": {"video": (frames, metadata)},
+                    # The same per-frame pixel limits the worker plans with, so both spend alike on tokens.
+                    "mm_processor_kwargs": {
+                        "size": {"shortest_edge": pixels.min_pixels, "longest_edge": pixels.max_pixels}
+                    },
+                }
+            generation = await self.engine.generate(inputs, self.sampling, f"{variant}-{i}-{uuid.uuid4().hex[:8]}")
+            prompt_tokens, completion = generation.prompt_tokens, generation.completion_tokens
+        return {
+            "latency": time.perf_counter() - started,
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion,
+        }
+
+    async def measure(self, variant: str, concurrency: int, count: int) -> dict[str, Any]:
+        llm = self.engine.llm
+        # Nothing carried over from an earlier run: same pixels would hit both caches.
+        await llm.reset_mm_cache()
+        await llm.reset_prefix_cache()
+        gate = asyncio.Semaphore(concurrency)
+
+        async def gated(i: int) -> dict[str, Any]:
+            async with gate:
+                return await self.one(variant, i)
+
+        with GpuSampler() as gpu:
+            started = time.perf_counter()
+            results = await asyncio.gather(*(gated(i) for i in range(count)))
+            wall = time.perf_counter() - started
+        return {
+            "videos": count,
+            "wall_s": round(wall, 2),
+            "videos_per_s": round(count / wall, 4),
+            "latency_p50_s": round(statistics.median(r["latency"] for r in results), 3),
+            "gpu_busy": gpu.busy,
+            "prompt_tokens_mean": round(statistics.mean(r["prompt_tokens"] for r in results), 1),
+            "completion_tokens_mean": round(statistics.mean(r["completion_tokens"] for r in results), 1),
+        }
+
+
+async def run_all(bench: Bench, variants: list[str], levels: list[int], serial_clips: int) -> dict[str, Any]:
+    # The first jobs pay one-time set-up in vLLM's front end (processor, loader); not part of any figure.
+    for variant in variants:
+        await bench.one(variant, 0)
+    figures: dict[str, dict[str, Any]] = {v: {} for v in variants}
+    for concurrency in levels:
+        for variant in variants:
+            count = min(len(bench.clips), serial_clips) if concurrency == 1 else len(bench.clips)
+            got = await bench.measure(variant, concurrency, count)
+            figures[variant][str(concurrency)] = got
+            log.info("%s at concurrency %d: %s", variant, concurrency, got)
+    return figures
+
+
+def ratios(figures: dict[str, dict[str, Any]], levels: list[int]) -> dict[str, Any]:
+    def rate(variant: str, level: int) -> float | None:
+        return figures.get(variant, {}).get(str(level), {}).get("videos_per_s")
+
+    out: dict[str, Any] = {}
+    for level in levels:
+        worker = rate("worker", level)
+        if worker is None:
+            continue
+        for other in ("engine", "vllm_loader"):
+            if rate(other, level):
+                out[f"worker_over_{other}_c{level}"] = round(worker / rate(other, level), 3)
+        if level != 1 and rate("worker", 1):
+            out[f"worker_c{level}_over_one_at_a_time"] = round(worker / rate("worker", 1), 2)
+    top = max(levels)
+    targets = {
+        "worker_vs_engine_at_top_ge_0.9": out.get(f"worker_over_engine_c{top}"),
+        "worker_vs_one_at_a_time_at_top_ge_4": out.get(f"worker_c{top}_over_one_at_a_time"),
+        "worker_vs_vllm_loader_at_top_ge_1.5": out.get(f"worker_over_vllm_loader_c{top}"),
+    }
+    out["targets"] = {
+        k: {"value": v, "met": v is not None and v >= float(k.rsplit("_ge_", 1)[1])} for k, v in targets.items()
+    }
+    return out
+
+
+def print_table(figures: dict[str, dict[str, Any]], levels: list[int]) -> None:
+    print("\n| variant | concurrency | videos | videos/s | p50 latency s | GPU busy | prompt tokens | output tokens |")
+    print("|---|---|---|---|---|---|---|---|")
+    for variant, by_level in figures.items():
+        for level in levels:
+            f = by_level.get(str(level))
+            if f:
+                busy = "-" if f["gpu_busy"] is None else f"{f['gpu_busy']:.0%}"
+                print(
+                    f"| {variant} | {level} | {f['videos']} | {f['videos_per_s']:.3f} | {f['latency_p50_s']:.2f} | "
+                    f"{busy} | {f['prompt_tokens_mean']:.0f} | {f['completion_tokens_mean']:.0f} |"
+                )
+    print()
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="model folder or id (default: a dummy qwen2_5_vl folder of --size)")
+    parser.add_argument("--size", default="7b", help="dummy model size when --model is not given")
+    parser.add_argument("--load-format", default="dummy", help="dummy = random weights (default)")
+    parser.add_argument("--clips", type=int, default=64)
+    parser.add_argument("--serial-clips", type=int, default=16, help="clips timed at concurrency 1 (a rate)")
+    parser.add_argument("--seconds", type=float, default=30.0, help="length of each clip")
+    parser.add_argument("--width", type=int, default=1280)
+    parser.add_argument("--height", type=int, default=720)
+    parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--fps", type=float, default=2.0)
+    parser.add_argument("--max-frames", type=int, default=60)
+    parser.add_argument("--max-tokens", type=int, default=256)
+    parser.add_argument("--max-model-len", type=int, default=32768)
+    parser.add_argument("--gpu-memory-utilization", type=float, default=0.90)
+    parser.add_argument("--enforce-eager", action="store_true")
+    parser.add_argument("--enable-prefix-caching", type=_bool, help="ENABLE_PREFIX_CACHING (default: vLLM's)")
+    parser.add_argument("--max-num-batched-tokens", type=int, help="MAX_NUM_BATCHED_TOKENS (default: vLLM's)")
+    parser.add_argument("--mm-processor-cache-gb", type=float, help="MM_PROCESSOR_CACHE_GB (default: vLLM's)")
+    parser.add_argument("--media-dir", type=Path, default=Path(tempfile.gettempdir()) / "bench-e2e-media")
+    parser.add_argument(
+        "--compile-cache-dir",
+        type=Path,
+        help="COMPILE_CACHE_DIR for this run (e.g. the one bench/coldstart.py --cache-dir filled); default: "
+        "the libraries' own cache folders",
+    )
+    parser.add_argument("--out", type=Path, help="also write the RESULT json to this file")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    levels = [int(c) for c in args.concurrency.split(",")]
+    variants = [v for v in args.variants.split(",") if v]
+    if set(variants) - set(VARIANTS):
+        parser.error(f"--variants from {VARIANTS}")
+
+    t = time.perf_counter()
+    clips = make_clips(args.media_dir, args.clips, args.seconds, args.width, args.height)
+    clips_s = time.perf_counter() - t
+    work = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
+    if args.model:
+        model = args.model
+    else:
+        from worker.dummy_model import build_dummy_model
+
+        model = str(build_dummy_model(work / f"qwen2_5_vl-{args.size}", "qwen2_5_vl", args.size))
+    settings = Settings(
+        model_name=model,
+        load_format=args.load_format,
+        max_model_len=args.max_model_len,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        enforce_eager=args.enforce_eager,
+        max_num_seqs=max(levels),
+        max_concurrency=max(levels),
+        max_frames_limit=max(100, args.max_frames),
+        enable_prefix_caching=args.enable_prefix_caching,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        mm_processor_cache_gb=args.mm_processor_cache_gb,
+        allowed_media_roots=[args.media_dir],
+        work_dir=work / "jobs",
+    )
+    if args.compile_cache_dir:
+        # As the handler does at start, before vLLM is imported (nothing above has imported it).
+        configure_compile_caches(args.compile_cache_dir)
+    t = time.perf_counter()
+    slot = EngineSlot()
+    slot.start(settings)
+    engine = slot.get()  # raises with the start-up failure, if any
+    start_s = time.perf_counter() - t
+    service = CaptionService(settings, slot)
+    bench = Bench(service, engine, clips, args)
+    if "engine" in variants:
+        bench.predecode()
+    if "vllm_loader" in variants:
+        bench.setup_vllm_loader()
+    figures = asyncio.run(run_all(bench, variants, levels, args.serial_clips))
+    scheduler = engine.llm.vllm_config.scheduler_config
+    result = {
+        "bench": "e2e",
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "device": _device(),
+        "model": model if args.model else f"qwen2_5_vl {args.size} dummy weights",
+        "load_format": args.load_format,
+        "clips": f"{args.clips} x {args.seconds:g} s {args.width}x{args.height} H.264 30 fps + AAC (generated)",
+        "request": {"fps": args.fps, "max_frames": args.max_frames, "max_tokens": args.max_tokens},
+        "engine": {
+            "max_model_len": settings.max_model_len,
+            "max_num_seqs": settings.max_num_seqs,
+            "enforce_eager": settings.enforce_eager,
+            "max_num_batched_tokens": scheduler.max_num_batched_tokens,
+            "enable_prefix_caching": engine.llm.vllm_config.cache_config.enable_prefix_caching,
+            "mm_processor_cache_gb": engine.llm.vllm_config.model_config.multimodal_config.mm_processor_cache_gb,
+        },
+        "clips_ready_s": round(clips_s, 1),
+        "engine_start_s": round(start_s, 1),
+        "figures": figures,
+        "ratios": ratios(figures, levels),
+    }
+    print_table(figures, levels)
+    print(json.dumps(result["ratios"], indent=2))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print("RESULT " + json.dumps(result), flush=True)
+    # asyncio.run has closed the loop the engine's output task lived on; stop the engine process directly.
+    engine.shutdown()
+
+
+def _device() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
+    return f"CPU ({os.cpu_count()} cores)"
+
+
+if __name__ == "__main__":
+    main()
