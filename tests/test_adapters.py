@@ -102,28 +102,23 @@ def test_omni_gets_the_sound_and_the_sampling_rate() -> None:
     frames, probe = _frames()
     clip = AudioClip(np.zeros(32_000, dtype=np.float32), start=0.0)
     inputs = Qwen25OmniAdapter().video_inputs("p", frames, probe, 2.0, clip)
-    assert inputs["multi_modal_data"]["audio"][1] == 16_000
-    assert inputs["mm_processor_kwargs"] == {
-        "do_resize": False, "fps": 2.0, "second_per_grid_ts": [1.0], "use_audio_in_video": True
-    }
+    samples, rate = inputs["multi_modal_data"]["audio"]
+    assert rate == 16_000 and len(samples) == 32_000
+    # Its own item, not interleaved with the frames (see the adapter's docstring).
+    assert inputs["mm_processor_kwargs"] == {"do_resize": False, "fps": 2.0}
     silent = Qwen25OmniAdapter().video_inputs("p", frames, probe, 2.0, None)
-    assert "audio" not in silent["multi_modal_data"] and "use_audio_in_video" not in silent["mm_processor_kwargs"]
-    assert "multi_modal_uuids" not in silent
+    assert "audio" not in silent["multi_modal_data"]
 
 
-def test_omni_video_is_cached_under_frames_and_sound_together() -> None:
-    # The same frames with another sound track must not share vLLM's processed-video cache entry.
-    frames, probe = _frames()
-    adapter = Qwen25OmniAdapter()
+def test_omni_prompt_names_the_sound_after_the_frames() -> None:
+    from worker.dummy_model import QWEN2_5_OMNI_CHAT_TEMPLATE
 
-    def keys(samples: np.ndarray) -> tuple[str, str]:
-        uuids = adapter.video_inputs("p", frames, probe, 2.0, AudioClip(samples, 0.0))["multi_modal_uuids"]
-        return uuids["video"][0], uuids["audio"][0]
+    class Template:
+        def apply_chat_template(self, messages: list, **kwargs: object) -> str:
+            import jinja2
 
-    long, short = np.ones(96_000, dtype=np.float32), np.ones(32_000, dtype=np.float32)
-    assert keys(long) == keys(long.copy())
-    assert keys(long)[0] != keys(short)[0] and keys(long)[1] != keys(short)[1]
-    frames.frames[0, 0, 0, 0] = 1  # other frames, same sound: the sound's entry differs too
-    assert keys(long)[1] != adapter.video_inputs("p", _frames()[0], probe, 2.0, AudioClip(long, 0.0))[
-        "multi_modal_uuids"
-    ]["audio"][0]
+            return jinja2.Template(QWEN2_5_OMNI_CHAT_TEMPLATE).render(messages=messages, add_generation_prompt=True)
+
+    prompt = Qwen25OmniAdapter().build_prompt(Template(), "Describe.", "video", with_audio=True)
+    assert "<|vision_bos|><|VIDEO|><|vision_eos|><|audio_bos|><|AUDIO|><|audio_eos|>Describe." in prompt
+    assert "<|AUDIO|>" not in Qwen25OmniAdapter().build_prompt(Template(), "Describe.", "video")

@@ -83,10 +83,14 @@ class CaptionService:
         engine = self.engine.get()  # fail fast, before any download, when there is no engine
         prepared = await asyncio.to_thread(self._fetch_and_decode, request, engine)
         adapter = engine.adapter
-        prompt = adapter.build_prompt(engine.tokenizer, request.text, request.media_type)
         media = prepared.media
+        audio = media.audio if isinstance(media, PreparedVideo) else None
+        if audio is not None and adapter.audio_tokens(len(audio.samples)) == 0:
+            prepared.warnings.append("process_audio: the sound over the sampled span is too short to be heard")
+            audio = None
+        prompt = adapter.build_prompt(engine.tokenizer, request.text, request.media_type, audio is not None)
         if isinstance(media, PreparedVideo):
-            inputs = adapter.video_inputs(prompt, media.frames, media.probe, media.fps_used, media.audio)
+            inputs = adapter.video_inputs(prompt, media.frames, media.probe, media.fps_used, audio)
         else:
             inputs = adapter.image_inputs(prompt, media.pixels)
         inference_started = time.perf_counter()
@@ -97,7 +101,6 @@ class CaptionService:
         warnings = prepared.warnings
         if generation.finish_reason == "length":
             warnings.append(f"caption cut at max_tokens={request.max_tokens}")
-        audio = media.audio if isinstance(media, PreparedVideo) else None
         return CaptionResult(
             caption=generation.text,
             metadata=CaptionMetadata(

@@ -59,8 +59,9 @@ class ModelAdapter(ABC):
         return 0
 
     @abstractmethod
-    def build_prompt(self, tokenizer: Any, text: str, media_type: MediaType) -> str:
-        """The full prompt string, with the model's video or image placeholder, ready for generation."""
+    def build_prompt(self, tokenizer: Any, text: str, media_type: MediaType, with_audio: bool = False) -> str:
+        """The full prompt string, with the model's video or image placeholder (and audio placeholder when
+        ``with_audio``), ready for generation."""
 
     @abstractmethod
     def video_inputs(

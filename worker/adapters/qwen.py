@@ -39,8 +39,9 @@ class QwenAdapter(ModelAdapter):
 
     frame_multiple = 2
 
-    def build_prompt(self, tokenizer: Any, text: str, media_type: MediaType) -> str:
-        messages = [{"role": "user", "content": [{"type": media_type}, {"type": "text", "text": text}]}]
+    def build_prompt(self, tokenizer: Any, text: str, media_type: MediaType, with_audio: bool = False) -> str:
+        media: list[dict[str, str]] = [{"type": media_type}] + ([{"type": "audio"}] if with_audio else [])
+        messages = [{"role": "user", "content": [*media, {"type": "text", "text": text}]}]
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def video_inputs(

@@ -1,13 +1,17 @@
 """Qwen2.5-Omni (Qwen/Qwen2.5-Omni-3B/7B): vLLM serves its thinker, which sees the frames and hears the
-video's own sound, interleaved by time (``use_audio_in_video``)."""
+video's own sound over the same stretch of time.
+
+The sound goes in as its own audio item right after the frames, not interleaved with them
+(``use_audio_in_video``): in vLLM 0.26 that path kills the engine, and every job in flight with it, when two
+jobs bring the same frames with different sound (a music video over a still cover, say: "Attempted to
+assign 0 multimodal tokens to 58 placeholders", reproduced even with per-item cache keys), and with the
+processor cache off it fails on every request. Frames and sound still cover the same seconds
+(frame_plan.audio_window); only their 2-second interleaving is lost.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Any, ClassVar
-
-import numpy as np
 
 from worker.adapters.base import MediaLimits
 from worker.adapters.qwen import QwenAdapter
@@ -45,29 +49,8 @@ class Qwen25OmniAdapter(QwenAdapter):
     ) -> dict[str, Any]:
         inputs = super().video_inputs(prompt, frames, probe, fps_used, audio)
         # Unlike Qwen2.5-VL, the Omni processor takes the frame rate from this argument, not the metadata
-        # (it would assume 2 fps), to place frames on the time axis that the audio shares: transformers'
-        # processor reads `fps` (position ids) and vLLM's prompt layout reads `second_per_grid_ts` (it
-        # would assume 1 s per frame pair and interleave sound and frames at the wrong times).
-        seconds_per_step = self.geometry.temporal_patch_size / fps_used
-        inputs["mm_processor_kwargs"] |= {"fps": fps_used, "second_per_grid_ts": [seconds_per_step]}
+        # (it would assume 2 fps), to place the frames on the time axis of the position ids.
+        inputs["mm_processor_kwargs"]["fps"] = fps_used
         if audio is not None and self.audio_tokens(len(audio.samples)) > 0:
             inputs["multi_modal_data"]["audio"] = (audio.samples, AUDIO_SAMPLE_RATE)
-            inputs["mm_processor_kwargs"]["use_audio_in_video"] = True
-            # vLLM 0.26 caches processed items under a hash of each item alone, but with use_audio_in_video
-            # the video's prompt layout depends on the sound's length and the sound's processing on the
-            # video: the same frames with another track (or the same track with other frames) would reuse a
-            # wrong entry and either get the wrong layout or kill the engine ("Attempted to assign 62
-            # multimodal tokens to 162 placeholders"). Keying both items by frames and sound together keeps
-            # the cache correct.
-            _, metadata = inputs["multi_modal_data"]["video"]
-            key = _frames_and_sound_key(frames.frames, audio.samples, metadata)
-            inputs["multi_modal_uuids"] = {"video": [f"video-{key}"], "audio": [f"audio-{key}"]}
         return inputs
-
-
-def _frames_and_sound_key(frames: np.ndarray, samples: np.ndarray, metadata: dict[str, Any]) -> str:
-    digest = hashlib.blake2b(digest_size=20)
-    digest.update(np.ascontiguousarray(frames).data)
-    digest.update(np.ascontiguousarray(samples).data)
-    digest.update(json.dumps(metadata, sort_keys=True, default=str).encode())
-    return digest.hexdigest()
