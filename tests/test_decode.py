@@ -292,3 +292,16 @@ def test_not_an_image_is_a_decode_error(tmp_path: Path, kind: str) -> None:
 
     with pytest.raises(DecodeError, match="not a readable image"):
         probe_image(make_corrupt(tmp_path / "x.png", kind))
+
+
+@pytest.mark.timeout(120)
+def test_seek_that_lands_early_does_not_loop(video: VideoMaker) -> None:
+    # x264's default keyframe interval at 30 fps puts keyframes at 8.333... s; the seek target rounded to the
+    # container's ticks can land on the keyframe before, and seeking there again used to loop forever.
+    path = video("gop_default_30fps.mp4", seconds=60.0, fps=30, width=128, height=72)
+    info = probe(path)
+    plan = plan_timestamps(info.duration, info.fps, 1.0, 30)
+    got = decode_frames(path, info, plan.timestamps, (28, 56))
+    exact, exact_times = _decode_at(path, info, plan.timestamps, (28, 56), None)
+    assert got.timestamps == [round(max(0.0, t), 6) for t in exact_times]
+    assert np.array_equal(got.frames, np.stack(exact))

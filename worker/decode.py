@@ -231,10 +231,14 @@ def _decode_at(
     keyframes = index.keyframes if index is not None else []
     shown = _shown_packets(timestamps, index.times) if index is not None else set()
 
+    sought: list[float] = []  # keyframes already sought to
+
     def keyframe_to_seek(target: float, position: float) -> float | None:
-        """The keyframe before ``target`` when it lies far enough past ``position`` to be worth a seek."""
+        """The keyframe before ``target`` when it lies far enough past ``position`` to be worth a seek.
+        Never one sought before: a seek can land on an earlier keyframe (the demuxer's index, timestamp
+        rounding), and seeking to it again would land there again, forever; decoding on is then the way."""
         i = bisect.bisect_right(keyframes, target + 1e-9)
-        if i and keyframes[i - 1] > position + SEEK_MIN_GAP:
+        if i and keyframes[i - 1] > position + SEEK_MIN_GAP and (not sought or keyframes[i - 1] > sought[-1]):
             return keyframes[i - 1]
         return None
 
@@ -263,6 +267,7 @@ def _decode_at(
                 keyframe = keyframe_to_seek(pending[0], position)
                 if keyframe is not None:
                     container.seek(round((keyframe + start) / time_base), stream=stream, backward=True)
+                    sought.append(keyframe)
                     previous, position = None, keyframe
                 for frame in decoded():
                     t = float(frame.time or 0.0) - start
