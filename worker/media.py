@@ -13,7 +13,7 @@ import contextlib
 import logging
 import shutil
 import tempfile
-import time
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,46 +109,58 @@ def _from_path(raw: str, settings: Settings) -> LocalMedia:
 def _download(raw_url: str, workspace: Path, settings: Settings) -> LocalMedia:
     """Streams the URL to disk. Every redirect target is checked like the URL itself, the size is capped
     by Content-Length and while streaming, and the whole download, redirects included, has one deadline
-    (DOWNLOAD_TIMEOUT), so a server dripping a byte at a time cannot hold the job either."""
+    (DOWNLOAD_TIMEOUT), so a server dripping a byte at a time, headers or body, cannot hold the job."""
     url = _checked_url(raw_url)
     path = workspace / "download.bin"
     limit = settings.max_download_bytes
-    deadline = time.monotonic() + settings.download_timeout
-    # Per-operation limit: a stall is noticed within this even when the deadline is far.
+    # Per-operation limit: a silent server is noticed within this even when the deadline is far.
     stall = min(_STALL_SECONDS, settings.download_timeout)
     # Raw bytes, never decompressed: a video gains nothing from transfer compression and a gzip bomb
     # would expand in memory before any size check.
     headers = {"User-Agent": "video-caption-worker", "Accept-Encoding": "identity"}
     size = 0
+    client = httpx.Client(follow_redirects=False, timeout=httpx.Timeout(stall))
+    # httpx has no overall timeout; closing the client from a timer ends whatever read is under way.
+    expired = threading.Event()
+    watchdog = threading.Timer(settings.download_timeout, lambda: (expired.set(), client.close()))
+    watchdog.daemon = True
+    watchdog.start()
     try:
-        with httpx.Client(follow_redirects=False, timeout=httpx.Timeout(stall)) as client:
-            for _ in range(_MAX_REDIRECTS + 1):
-                with client.stream("GET", url, headers=headers) as response:
-                    if response.is_redirect:
-                        target = response.headers.get("location", "")
-                        url = _checked_url(str(response.url.join(target)), redirected_from=url)
-                        _check_deadline(deadline, settings, url)
-                        continue
-                    if response.status_code >= 400:
-                        raise FetchError(f"download failed: HTTP {response.status_code} from {_safe_url(url)}")
-                    declared = response.headers.get("content-length", "")
-                    if declared.isdigit() and int(declared) > limit:
-                        raise FetchError(f"download is {declared} bytes, above MAX_DOWNLOAD_BYTES={limit}")
-                    with path.open("wb") as out:
-                        for chunk in response.iter_raw(_CHUNK):
-                            size += len(chunk)
-                            if size > limit:
-                                raise FetchError(f"download exceeds MAX_DOWNLOAD_BYTES={limit}")
-                            _check_deadline(deadline, settings, url)
-                            out.write(chunk)
-                    break
-            else:
-                raise FetchError(f"more than {_MAX_REDIRECTS} redirects from {_safe_url(raw_url)}")
-    except httpx.TimeoutException as exc:
-        raise FetchError(f"download timed out: no data for {stall:g}s from {_safe_url(url)}") from exc
-    except httpx.HTTPError as exc:
-        # httpx's own texts can quote the URL; the class name and our cleaned URL say enough.
-        raise FetchError(f"download failed: {type(exc).__name__} from {_safe_url(url)}") from exc
+        for _ in range(_MAX_REDIRECTS + 1):
+            with client.stream("GET", url, headers=headers) as response:
+                if response.is_redirect:
+                    url = _checked_url(
+                        str(response.url.join(response.headers.get("location", ""))), redirected_from=url
+                    )
+                    continue
+                if response.status_code >= 400:
+                    raise FetchError(f"download failed: HTTP {response.status_code} from {_safe_url(url)}")
+                declared = response.headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > limit:
+                    raise FetchError(f"download is {declared} bytes, above MAX_DOWNLOAD_BYTES={limit}")
+                with path.open("wb") as out:
+                    for chunk in response.iter_raw():
+                        size += len(chunk)
+                        if size > limit:
+                            raise FetchError(f"download exceeds MAX_DOWNLOAD_BYTES={limit}")
+                        out.write(chunk)
+                break
+        else:
+            raise FetchError(f"more than {_MAX_REDIRECTS} redirects from {_safe_url(raw_url)}")
+    except Exception as exc:
+        if expired.is_set():  # whatever the interrupted read raised
+            raise FetchError(
+                f"download timed out: not done within DOWNLOAD_TIMEOUT={settings.download_timeout:g}s: {_safe_url(url)}"
+            ) from exc
+        if isinstance(exc, httpx.TimeoutException):
+            raise FetchError(f"download timed out: no data for {stall:g}s from {_safe_url(url)}") from exc
+        if isinstance(exc, httpx.HTTPError):
+            # httpx's own texts can quote the URL; the class name and our cleaned URL say enough.
+            raise FetchError(f"download failed: {type(exc).__name__} from {_safe_url(url)}") from exc
+        raise
+    finally:
+        watchdog.cancel()
+        client.close()
     if size == 0:
         raise FetchError(f"download is empty: {_safe_url(url)}")
     return LocalMedia(path=path, size_bytes=size, source="url")
@@ -159,16 +171,12 @@ def _checked_url(raw: str, *, redirected_from: httpx.URL | None = None) -> httpx
     where = f" (redirect from {_safe_url(redirected_from)})" if redirected_from is not None else ""
     try:
         url = httpx.URL(raw)
+        host = url.host  # decoding an IDNA host name can fail even when parsing did not
     except (httpx.InvalidURL, ValueError) as exc:  # ValueError: IDNA errors in the host name
         raise FetchError(f"not a valid URL{where}: {type(exc).__name__}") from None
-    if url.scheme not in ("http", "https") or not url.host:
+    if url.scheme not in ("http", "https") or not host:
         raise FetchError(f"only http(s) URLs with a host are fetched, not {_safe_url(url)}{where}")
     return url
-
-
-def _check_deadline(deadline: float, settings: Settings, url: httpx.URL) -> None:
-    if time.monotonic() > deadline:
-        raise FetchError(f"download took longer than DOWNLOAD_TIMEOUT={settings.download_timeout:g}s: {_safe_url(url)}")
 
 
 def _safe_url(url: str | httpx.URL) -> str:
