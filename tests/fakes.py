@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from worker.adapters.qwen2_5_vl import Qwen25VLAdapter
-from worker.engine import Generation, PixelLimits
+from worker.engine import Generation, MediaPixels, PixelLimits
 
 
 class FakeEngine:
@@ -23,7 +23,7 @@ class FakeEngine:
         self.adapter = Qwen25VLAdapter()
         self.tokenizer = tokenizer
         self.model = "fake-engine"
-        self.pixels = PixelLimits(56 * 56, 448 * 448)
+        self.pixels = MediaPixels(video=PixelLimits(56 * 56, 448 * 448), image=PixelLimits(56 * 56, 1280 * 28 * 28))
         self.max_model_len = max_model_len
         self.healthy = True
         self.fail_with = fail_with
@@ -33,9 +33,13 @@ class FakeEngine:
         self.requests += 1
         if self.fail_with is not None:
             raise self.fail_with
-        frames, metadata = inputs["multi_modal_data"]["video"]
+        data = inputs["multi_modal_data"]
+        if "video" in data:
+            frames, metadata = data["video"]
+            assert frames.shape[0] == len(metadata["frames_indices"]) >= 1
+        else:
+            frames = data["image"][None]
         assert isinstance(frames, np.ndarray) and frames.dtype == np.uint8 and frames.ndim == 4, frames
-        assert frames.shape[0] == len(metadata["frames_indices"]) >= 1
         assert frames.shape[1] % 28 == 0 and frames.shape[2] % 28 == 0
         prompt_tokens = len(self.tokenizer(inputs["prompt"])["input_ids"])
         return Generation(

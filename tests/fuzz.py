@@ -1,5 +1,6 @@
 """Hypothesis strategies for job inputs: junk of every JSON shape, and valid jobs with fields swapped for
-wrong types, boundary values, huge or strange strings and hostile media references."""
+wrong types, boundary values, huge or strange strings and hostile media references (the same for the
+video and the image sources)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,10 @@ FIELDS = (
     "video_url",
     "video_path",
     "video_base64",
+    "image",
+    "image_url",
+    "image_path",
+    "image_base64",
     "prompt",
     "fps",
     "max_frames",
@@ -98,6 +103,7 @@ class Sources:
     """What the strategies may point ``video`` at, set up by the test."""
 
     good_path: str  # a real clip under an allowed root
+    good_image: str  # a real PNG under an allowed root
     bad_paths: tuple[str, ...]  # corrupt files under an allowed root, and paths that must be refused
     url_base: str  # tests.http_server on localhost
     good_base64: str
@@ -136,7 +142,6 @@ def video_values(src: Sources, huge_chars: int) -> st.SearchStrategy[Any]:
         f"{src.url_base}/redirect-loop",
         f"{src.url_base}/redirect-file",
         f"{src.url_base}/redirect-ftp",
-        f"{src.url_base}/redirect-nohost",
         f"{src.url_base}/huge-declared",
         f"{src.url_base}/drop",
         f"{src.url_base}/clip.mp4?X-Amz-Signature=s3cr3t",
@@ -176,7 +181,7 @@ def video_values(src: Sources, huge_chars: int) -> st.SearchStrategy[Any]:
         "~/v.mp4",
     ]
     return (
-        st.sampled_from([src.good_path, src.good_base64, f"data:video/mp4;base64,{src.good_base64}"])
+        st.sampled_from([src.good_path, src.good_image, src.good_base64, f"data:video/mp4;base64,{src.good_base64}"])
         | st.sampled_from(list(src.bad_paths))
         | st.sampled_from(urls)
         | st.sampled_from(hostile)
@@ -204,7 +209,7 @@ VALID = {
 
 
 def field_values(name: str, src: Sources, huge_chars: int) -> st.SearchStrategy[Any]:
-    if name.startswith("video"):
+    if name.startswith(("video", "image")):
         return video_values(src, huge_chars)
     wrong = st.sampled_from(BOUNDARY_NUMBERS) | st.sampled_from(STRANGE_TEXT) | json_junk(6)
     if name in ("prompt", "stop"):
@@ -240,7 +245,7 @@ def job_inputs(src: Sources, *, huge_chars: int = 3 * 10**6, cheap: bool = False
     @st.composite
     def fuzzed_source(draw: st.DrawFn) -> dict[str, Any]:
         # A valid job but for where the video comes from: exercises fetching and decoding.
-        field = draw(st.sampled_from(["video", "video_url", "video_path", "video_base64"]))
+        field = draw(st.sampled_from([f for f in FIELDS if f.startswith(("video", "image"))]))
         return {field: draw(video_values(src, huge_chars)), "max_frames": 2, "max_tokens": 4}
 
     return st.one_of(

@@ -73,9 +73,6 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def route_redirect_ftp(self) -> None:
         self.redirect("ftp://127.0.0.1/clip.mp4")
 
-    def route_redirect_nohost(self) -> None:
-        self.redirect("http:///clip.mp4")
-
     def route_huge_declared(self) -> None:
         self.send_response(200)
         self.send_header("Content-Length", str(10**12))
@@ -130,6 +127,18 @@ class Handler(http.server.BaseHTTPRequestHandler):
         try:
             while time.monotonic() < deadline:
                 self.wfile.write(b"\0")
+                self.wfile.flush()
+                time.sleep(0.2)
+        except OSError:
+            return
+
+    def route_drip_headers(self) -> None:
+        # Slowloris the other way round: the response headers never end, a byte every 0.2 s.
+        deadline = time.monotonic() + STALL_SECONDS
+        try:
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+            while time.monotonic() < deadline:
+                self.wfile.write(b"a")
                 self.wfile.flush()
                 time.sleep(0.2)
         except OSError:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import PIL.Image
 import pytest
 from hypothesis import HealthCheck, given, settings
 from runpod.serverless.modules.rp_job import run_job
@@ -46,8 +47,11 @@ def sources(clip_for_sources: Path, media_dir: Path, work_dir: Path, hostile_ser
     outside_link = media_dir / "fuzz_link_to_passwd.mp4"
     if not outside_link.is_symlink():
         outside_link.symlink_to("/etc/passwd")
+    image = media_dir / "fuzz_image.png"
+    PIL.Image.new("RGB", (80, 60), (200, 30, 30)).save(image)
     return Sources(
         good_path=str(clip_for_sources),
+        good_image=str(image),
         bad_paths=(
             str(text),
             str(truncated),
