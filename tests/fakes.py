@@ -28,6 +28,11 @@ class FakeEngine:
         self.healthy = True
         self.fail_with = fail_with
         self.requests = 0
+        self.on_death: Any = None
+        self.shut_down = False
+
+    def shutdown(self) -> None:
+        self.shut_down = True
 
     async def generate(self, inputs: dict[str, Any], sampling: dict[str, Any], request_id: str) -> Generation:
         self.requests += 1
