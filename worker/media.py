@@ -26,7 +26,6 @@ from worker.schema import MediaSource
 
 log = logging.getLogger(__name__)
 
-_CHUNK = 1 << 20
 _MAX_REDIRECTS = 5
 _STALL_SECONDS = 30.0
 # httpx logs every request's full URL at INFO, query string included; presigned URLs carry credentials
