@@ -222,9 +222,12 @@ def field_values(name: str, src: Sources, huge_chars: int) -> st.SearchStrategy[
     return VALID[name] | wrong
 
 
-def job_inputs(src: Sources, *, huge_chars: int = 3 * 10**6, cheap: bool = False) -> st.SearchStrategy[Any]:
+def job_inputs(
+    src: Sources, *, huge_chars: int = 3 * 10**6, cheap: bool = False, objects_only: bool = False
+) -> st.SearchStrategy[Any]:
     """Any JSON value as ``job["input"]``; mostly a valid small job with 1-4 fields replaced or added.
-    ``cheap``: jobs that pass validation ask the engine for at most a few tokens (real-engine runs)."""
+    ``cheap``: jobs that pass validation ask the engine for at most a few tokens (real-engine runs).
+    ``objects_only``: JSON objects only (the runpod SDK's local API answers anything else itself)."""
     base: dict[str, Any] = {"video": src.good_path, "max_frames": 2, "max_tokens": 4}
 
     @st.composite
@@ -248,6 +251,7 @@ def job_inputs(src: Sources, *, huge_chars: int = 3 * 10**6, cheap: bool = False
         field = draw(st.sampled_from([f for f in FIELDS if f.startswith(("video", "image"))]))
         return {field: draw(video_values(src, huge_chars)), "max_frames": 2, "max_tokens": 4}
 
+    junk = st.dictionaries(st.text(max_size=10), json_junk(4), max_size=6) if objects_only else json_junk()
     return st.one_of(
-        mutated(), fuzzed_source(), json_junk(), st.dictionaries(st.sampled_from(FIELDS), json_junk(4), max_size=6)
+        mutated(), fuzzed_source(), junk, st.dictionaries(st.sampled_from(FIELDS), json_junk(4), max_size=6)
     )
