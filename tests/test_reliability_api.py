@@ -29,6 +29,7 @@ from hypothesis import HealthCheck, given, settings
 
 from tests import hostile_media as hm
 from tests.fuzz import Sources, job_inputs
+from tests.http_server import gzip_bomb
 from tests.local_api import serve_api
 from tests.media_factory import make_corrupt, make_video
 from worker.errors import ERROR_TYPES
@@ -239,6 +240,7 @@ def test_hostile_media_and_prompts_through_the_real_engine(
         ),
         ("prompt 16384 chars", {"video": str(clip), "prompt": "word " * 3276 + "word"}, {"ok", "unsupported_input"}),
     ]
+    gzip_bomb()  # built by the server in this process, before the worker's download clock starts
     cores_before = worker.engine_cores()
     for name, job, expected in cases:
         started = time.perf_counter()

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.fakes import FakeEngine, FakeEngineSlot, load_tokenizer
-from tests.http_server import GZIP_BOMB_BYTES
+from tests.http_server import GZIP_BOMB_BYTES, gzip_bomb
 from worker.config import Settings
 from worker.errors import FetchError
 from worker.media import fetch_media, job_workspace
@@ -107,7 +107,7 @@ def test_a_gzip_bomb_is_stored_as_sent_never_inflated(settings: Settings, hostil
         assert match
         return int(match.group(1)) / 1024
 
-    fetch(MediaSource("url", f"{hostile_server}/gzip-bomb"), settings)  # the server (this process) builds it
+    gzip_bomb()  # built by the server in this process: before the measurement
     before = mib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")
     size, head = fetch(MediaSource("url", f"{hostile_server}/gzip-bomb"), settings)
