@@ -1,8 +1,9 @@
-"""Shared fixtures: generated media and a private work dir per test session."""
+"""Shared fixtures: generated media, a private work dir per test session (left empty by every test) and a
+local HTTP server with hostile endpoints."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,3 +63,26 @@ def worker_env(tiny_model: Path, media_dir: Path, work_dir: Path) -> dict[str, s
         PYTHONUNBUFFERED="1",
     )
     return env
+
+
+@pytest.fixture(autouse=True)
+def _work_dir_left_empty(work_dir: Path) -> Iterator[None]:
+    """Every job's scratch files are gone once it has answered, whatever happened to it."""
+    yield
+    leftovers = sorted(str(p.relative_to(work_dir)) for p in work_dir.rglob("*"))
+    assert not leftovers, f"files left in WORK_DIR after the test: {leftovers[:20]}"
+
+
+@pytest.fixture(scope="session")
+def clip_for_sources(video: Callable[..., Path]) -> Path:
+    """A small clip with audio under the allowed media root, served by ``hostile_server`` too."""
+    return video("sources_clip.mp4", seconds=2.0, fps=10, width=64, height=48, audio="aac")
+
+
+@pytest.fixture(scope="session")
+def hostile_server(clip_for_sources: Path) -> Iterator[str]:
+    """Base URL of tests.http_server: the clip at /clip.mp4 next to stalls, drops, bombs and bad redirects."""
+    from tests.http_server import serve
+
+    with serve(clip_for_sources.read_bytes()) as url:
+        yield url

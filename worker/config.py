@@ -14,6 +14,9 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+# 8192x4096: 8K UHD and 8K 360-degree video pass; one decoded 4:2:0 frame of this size is 48 MiB.
+DEFAULT_MAX_SOURCE_PIXELS = 8192 * 4096
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
@@ -54,6 +57,9 @@ class Settings(BaseSettings):
     image_max_pixels: int = Field(1280 * 28 * 28, ge=28 * 28)
     # Prompt text and the answer need room next to the visual tokens.
     text_token_reserve: int = Field(512, ge=0)
+    # Width x height of the *source* video above which it is refused before any frame is decoded: a few
+    # bytes of header can claim a frame size whose decode would take gigabytes.
+    max_source_pixels: int = Field(DEFAULT_MAX_SOURCE_PIXELS, ge=64 * 64)
 
     # Media sources
     allowed_media_roots: Annotated[list[Path], NoDecode] = Field(

@@ -24,7 +24,8 @@ import PIL.Image
 import PIL.ImageOps
 from av.video.reformatter import VideoReformatter
 
-from worker.errors import DecodeError
+from worker.config import DEFAULT_MAX_SOURCE_PIXELS
+from worker.errors import DecodeError, UnsupportedInputError
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +60,11 @@ class DecodedFrames:
     indices: list[int]  # index of each frame in the stream (approximate for VFR: time x average fps)
 
 
-def _open(path: Path) -> av.container.InputContainer:
+def _open(path: Path, max_pixels: int) -> av.container.InputContainer:
+    # FFmpeg's max_pixels makes every decoder refuse larger frames, including those it decodes while
+    # probing the file and those of a resolution change mid-stream, before allocating them.
     try:
-        return av.open(str(path), mode="r")
+        return av.open(str(path), mode="r", options={"max_pixels": str(max_pixels)})
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as exc:
         raise DecodeError(f"not a readable media file: {_describe(exc)}") from exc
 
@@ -73,11 +76,15 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream:
+def _video_stream(container: av.container.InputContainer, max_pixels: int) -> av.video.stream.VideoStream:
     if not container.streams.video:
         kinds = sorted({s.type for s in container.streams}) or ["none"]
         raise DecodeError(f"the file has no video stream (streams: {', '.join(kinds)})")
-    return container.streams.video[0]
+    stream = container.streams.video[0]
+    if stream.codec_context is None:
+        raise DecodeError("the video stream's codec is unknown or has no decoder here")
+    stream.codec_context.options = {"max_pixels": str(max_pixels)}
+    return stream
 
 
 def _rotation(first_frame: av.VideoFrame) -> int:
@@ -86,13 +93,16 @@ def _rotation(first_frame: av.VideoFrame) -> int:
     return round(-float(first_frame.rotation or 0) / 90.0) % 4 * 90
 
 
-def probe(path: Path) -> Probe:
-    with _open(path) as container:
-        stream = _video_stream(container)
+def probe(path: Path, *, max_pixels: int = DEFAULT_MAX_SOURCE_PIXELS) -> Probe:
+    """``max_pixels``: MAX_SOURCE_PIXELS; a larger frame size, declared or decoded, is refused."""
+    with _open(path, max_pixels) as container:
+        stream = _video_stream(container, max_pixels)
         codec = stream.codec_context.name
+        _check_size(stream.codec_context.width, stream.codec_context.height, max_pixels)
         first = _first_frame(container, stream)
         if first is None:
             raise DecodeError(f"the {codec} video stream has no decodable frame")
+        _check_size(first.width, first.height, max_pixels)
         rotation = _rotation(first)
         width, height = stream.codec_context.width or first.width, stream.codec_context.height or first.height
         if rotation in (90, 270):
@@ -119,10 +129,22 @@ def probe(path: Path) -> Probe:
         )
 
 
+def _check_size(width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise UnsupportedInputError(
+            f"the video's frames are {width}x{height} ({width * height} pixels), above MAX_SOURCE_PIXELS={max_pixels}"
+        )
+
+
 def _first_frame(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> av.VideoFrame | None:
     try:
         for frame in container.decode(stream):
             return frame
+    except av.error.ArgumentError as exc:
+        # What FFmpeg's max_pixels check raises when the bitstream, not the container, declares the size.
+        raise DecodeError(
+            f"the video stream cannot be decoded: {_describe(exc)} (FFmpeg refuses frames above MAX_SOURCE_PIXELS with this error)"
+        ) from exc
     except av.error.FFmpegError as exc:
         raise DecodeError(f"the video stream cannot be decoded: {_describe(exc)}") from exc
     return None
@@ -149,7 +171,14 @@ def _duration(container: av.container.InputContainer, stream: av.video.stream.Vi
     return end - start
 
 
-def decode_frames(path: Path, probe_result: Probe, timestamps: list[float], size: tuple[int, int]) -> DecodedFrames:
+def decode_frames(
+    path: Path,
+    probe_result: Probe,
+    timestamps: list[float],
+    size: tuple[int, int],
+    *,
+    max_pixels: int = DEFAULT_MAX_SOURCE_PIXELS,
+) -> DecodedFrames:
     """Frames shown at ``timestamps`` (seconds from the video's start), as RGB ``size`` = (height, width)
     upright images. The frame chosen for an instant t is the last one whose presentation time is <= t.
 
@@ -160,12 +189,12 @@ def decode_frames(path: Path, probe_result: Probe, timestamps: list[float], size
     decoded are then checked against the index; any instant that did not get its frame (a decoder that
     drops frames, a seek that lands late) is decoded again the plain way, which is always exact.
     """
-    index = _packet_index(path, probe_result.start_time)
-    frames, times = _decode_at(path, probe_result, timestamps, size, index)
+    index = _packet_index(path, probe_result.start_time, max_pixels)
+    frames, times = _decode_at(path, probe_result, timestamps, size, index, max_pixels)
     missed = _wrong_choices(timestamps, times, index.times)
     if missed:
         log.debug("decoding %d of %d instants again without skipping", len(missed), len(timestamps))
-        again, again_times = _decode_at(path, probe_result, [timestamps[i] for i in missed], size, None)
+        again, again_times = _decode_at(path, probe_result, [timestamps[i] for i in missed], size, None, max_pixels)
         for i, frame, t in zip(missed, again, again_times):
             frames[i], times[i] = frame, t
     if not frames:
@@ -185,12 +214,12 @@ class PacketIndex:
     keyframes: list[float]  # those of keyframes, sorted
 
 
-def _packet_index(path: Path, start: float) -> PacketIndex:
+def _packet_index(path: Path, start: float, max_pixels: int = DEFAULT_MAX_SOURCE_PIXELS) -> PacketIndex:
     """Reads packets without decoding them (a small fraction of the cost of decoding)."""
     times: list[float] = []
     keyframes: list[float] = []
-    with _open(path) as container:
-        stream = _video_stream(container)
+    with _open(path, max_pixels) as container:
+        stream = _video_stream(container, max_pixels)
         time_base = stream.time_base or Fraction(1, 1_000_000)
         try:
             for packet in container.demux(stream):
@@ -207,7 +236,12 @@ def _packet_index(path: Path, start: float) -> PacketIndex:
 
 
 def _decode_at(
-    path: Path, probe_result: Probe, timestamps: list[float], size: tuple[int, int], index: PacketIndex | None
+    path: Path,
+    probe_result: Probe,
+    timestamps: list[float],
+    size: tuple[int, int],
+    index: PacketIndex | None,
+    max_pixels: int = DEFAULT_MAX_SOURCE_PIXELS,
 ) -> tuple[list[np.ndarray], list[float]]:
     """(frames, their times) for ``timestamps``. With ``index`` it seeks and skips as decode_frames says;
     without, it decodes every frame from the start, the plain way that is always exact."""
@@ -242,8 +276,8 @@ def _decode_at(
             return keyframes[i - 1]
         return None
 
-    with _open(path) as container:
-        stream = _video_stream(container)
+    with _open(path, max_pixels) as container:
+        stream = _video_stream(container, max_pixels)
         stream.thread_type = "AUTO"
         context = stream.codec_context
         time_base = stream.time_base or Fraction(1, 1_000_000)
@@ -325,14 +359,19 @@ class AudioClip:
 
 
 def decode_audio(
-    path: Path, *, start: float = 0.0, end: float | None = None, video_start: float = 0.0
+    path: Path,
+    *,
+    start: float = 0.0,
+    end: float | None = None,
+    video_start: float = 0.0,
+    max_pixels: int = DEFAULT_MAX_SOURCE_PIXELS,
 ) -> AudioClip | None:
     """The first audio stream over [start, end) seconds of the video, as 16 kHz mono float32; None when
     the file has no audio. Times are on the video's clock (``video_start`` is the video's first
     presentation time), so the clip lines up with frames decoded by ``decode_frames``. Sound that starts
     after ``start`` (a late audio stream) is preceded by silence to keep that alignment; a track that ends
     early gives a shorter clip."""
-    with _open(path) as container:
+    with _open(path, max_pixels) as container:
         if not container.streams.audio:
             return None
         stream = container.streams.audio[0]

@@ -2,15 +2,17 @@
 
 vLLM's AsyncLLM batches whatever requests are in flight, so concurrent jobs simply call ``generate``.
 A failed start is kept, not raised: the worker stays up and every job reports what failed (a crash loop
-would only make RunPod restart the same failure).
+would only make RunPod restart the same failure). An engine that dies later (its core process killed,
+e.g. by the OOM killer) is rebuilt in this process; jobs wait for the new one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +58,7 @@ class Engine:
         # The model's generation_config.json (e.g. Qwen's repetition_penalty 1.05) fills what a job leaves
         # unset, as vLLM's own server does; SamplingParams alone would use neutral values instead.
         self.sampling_defaults: dict[str, Any] = llm.vllm_config.model_config.get_diff_sampling_param()
+        self.on_death: Callable[[], None] | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> Engine:
@@ -103,7 +106,11 @@ class Engine:
             async for output in stream:
                 final = output
         except EngineDeadError as exc:
-            raise EngineError("the inference engine died while serving this job; the worker must restart") from exc
+            if self.on_death is not None:
+                self.on_death()
+            raise EngineError(
+                "the inference engine died while serving this job; the worker is rebuilding it, retry the job"
+            ) from exc
         except ValueError as exc:
             # vLLM's input checks (prompt longer than MAX_MODEL_LEN, bad multimodal data) raise ValueError.
             raise UnsupportedInputError(f"the engine rejected the request: {exc}") from exc
@@ -154,29 +161,83 @@ def _within(processor: Any, name: str, wanted_min: int, wanted_max: int) -> Pixe
 
 
 class EngineSlot:
-    """Holds the process's engine, or the reason it could not be built."""
+    """Holds the process's engine, or the reason it could not be built, and rebuilds it when it dies.
+
+    Recovery happens here rather than through runpod's ``refresh_worker`` because it also works where
+    nothing restarts the process (the local API, plain ``docker run``) and keeps the jobs that were still
+    downloading or decoding: they wait for the new engine instead of being cut off with the worker. Only
+    when the rebuild itself fails do jobs ask RunPod for a fresh worker."""
 
     def __init__(self) -> None:
         self._engine: Engine | None = None
         self._failure: str | None = None
+        self._settings: Settings | None = None
+        self._rebuild: asyncio.Task[None] | None = None
+        self._rebuild_failure: str | None = None
+        self.restarts = 0
 
     def start(self, settings: Settings) -> None:
+        self._settings = settings
         try:
-            self._engine = Engine.build(settings)
+            self.set(Engine.build(settings))
         except Exception as exc:  # any start failure must leave the worker serving errors, not crash-looping
             self._failure = f"{type(exc).__name__}: {exc}"
             log.exception("engine failed to start; every job will report it")
             return
         # The engine core is a separate process that outlives ours unless told to stop (seen with the
         # local API server stopped by SIGTERM); uvicorn and runpod return normally on SIGTERM, so atexit runs.
-        atexit.register(self._engine.shutdown)
+        atexit.register(self.shutdown)
 
     def set(self, engine: Engine) -> None:
+        engine.on_death = self._schedule_rebuild
         self._engine, self._failure = engine, None
 
+    def shutdown(self) -> None:
+        if self._engine is not None:
+            self._engine.shutdown()
+
     def get(self) -> Engine:
+        """The engine as it is now, dead or alive; raises only when there has never been one."""
         if self._engine is None:
             raise EngineError(f"the inference engine failed to start: {self._failure or 'not started'}")
-        if not self._engine.healthy:
-            raise EngineError("the inference engine has stopped; the worker must restart")
         return self._engine
+
+    async def acquire(self) -> Engine:
+        """A live engine. When it has died, the first caller starts a rebuild and every caller waits for it."""
+        engine = self.get()
+        if engine.healthy:
+            return engine
+        self._schedule_rebuild()
+        if self._rebuild is not None:
+            # Shielded: a job cancelled while waiting must not cancel the rebuild the others wait for.
+            await asyncio.shield(self._rebuild)
+        engine = self.get()
+        if self._rebuild_failure is not None or not engine.healthy:
+            raise EngineError(
+                f"the inference engine died and could not be rebuilt: {self._rebuild_failure or 'died again'}; "
+                "this worker asks RunPod for a replacement",
+                refresh_worker=True,
+            )
+        return engine
+
+    def _schedule_rebuild(self) -> None:
+        busy = self._rebuild is not None and not self._rebuild.done()
+        if busy or self._rebuild_failure is not None or self._engine is None or self._engine.healthy:
+            return
+        self._rebuild = asyncio.get_running_loop().create_task(self._rebuild_engine(self._engine))
+
+    async def _rebuild_engine(self, dead: Engine) -> None:
+        assert self._settings is not None  # set by start(), the only way to get an engine that can die
+        log.error("the inference engine died; rebuilding it in this process")
+        started = time.perf_counter()
+        try:
+            # Both block for long (process teardown, model load): off the event loop, which keeps serving.
+            await asyncio.to_thread(dead.shutdown)
+            engine = await asyncio.to_thread(Engine.build, self._settings)
+        except Exception as exc:
+            self._rebuild_failure = f"{type(exc).__name__}: {exc}"
+            log.exception("rebuilding the inference engine failed; jobs will ask RunPod for a new worker")
+            return
+        self.set(engine)
+        self.restarts += 1
+        log.info("inference engine rebuilt in %.1f s (restart %d)", time.perf_counter() - started, self.restarts)

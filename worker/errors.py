@@ -9,14 +9,18 @@ from __future__ import annotations
 import traceback
 from typing import Any, ClassVar
 
+from worker.redact import redact
+
 
 class WorkerError(Exception):
     type: ClassVar[str] = "internal_error"
 
-    def __init__(self, message: str, *, details: Any = None) -> None:
+    def __init__(self, message: str, *, details: Any = None, refresh_worker: bool = False) -> None:
         super().__init__(message)
         self.message = message
         self.details = details
+        # Ask RunPod to replace this worker after the job (runpod's ``refresh_worker`` output key).
+        self.refresh_worker = refresh_worker
 
 
 class ValidationError(WorkerError):
@@ -71,4 +75,4 @@ def error_payload(exc: BaseException, *, debug: bool) -> dict[str, Any]:
         if debug:
             body["message"] = f"internal error: {type(exc).__name__}: {exc}"
     body["traceback"] = "".join(traceback.format_exception(exc)) if debug else None
-    return {"error": body}
+    return {"error": redact(body)}

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,11 @@ from worker.schema import MediaSource
 
 log = logging.getLogger(__name__)
 
-_CHUNK = 1 << 20
+_MAX_REDIRECTS = 5
+_STALL_SECONDS = 30.0
+# httpx logs every request's full URL at INFO, query string included; presigned URLs carry credentials
+# there. Our own messages name downloads by _safe_url.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 @dataclass(frozen=True)
@@ -77,49 +82,108 @@ def _from_base64(payload: str, workspace: Path, settings: Settings) -> LocalMedi
 def _from_path(raw: str, settings: Settings) -> LocalMedia:
     try:
         resolved = Path(raw).resolve(strict=True)
-    except (OSError, RuntimeError):
-        # Same message whether it is missing or outside the roots would leak nothing either way, but a
-        # caller debugging a typo deserves to know the file is not there.
-        raise FetchError(f"file not found: {raw}") from None
+    except (OSError, RuntimeError, ValueError):
+        # ValueError: an embedded NUL byte. Same message whether it is missing or outside the roots would
+        # leak nothing either way, but a caller debugging a typo deserves to know the file is not there.
+        raise FetchError(f"file not found: {raw!r}") from None
     roots = [root.resolve() for root in settings.allowed_media_roots]
     if not any(resolved.is_relative_to(root) for root in roots):
         raise FetchError(
-            f"path {raw} is outside the allowed media roots ({', '.join(map(str, settings.allowed_media_roots))}); "
+            f"path {raw!r} is outside the allowed media roots ({', '.join(map(str, settings.allowed_media_roots))}); "
             "set ALLOWED_MEDIA_ROOTS to allow more"
         )
+    # WORK_DIR sits under $TMPDIR, a default root: other jobs' files there are never a job's input.
+    if resolved.is_relative_to(settings.work_dir.resolve()):
+        raise FetchError(f"path {raw!r} is inside the worker's private WORK_DIR")
     if not resolved.is_file():
-        raise FetchError(f"not a regular file: {raw}")
+        raise FetchError(f"not a regular file: {raw!r}")
+    try:
+        with resolved.open("rb"):
+            pass
+    except OSError as exc:
+        raise FetchError(f"file {raw!r} cannot be read: {exc.strerror}") from None
     return LocalMedia(path=resolved, size_bytes=resolved.stat().st_size, source="path")
 
 
-def _download(url: str, workspace: Path, settings: Settings) -> LocalMedia:
+def _download(raw_url: str, workspace: Path, settings: Settings) -> LocalMedia:
+    """Streams the URL to disk. Every redirect target is checked like the URL itself, the size is capped
+    by Content-Length and while streaming, and the whole download, redirects included, has one deadline
+    (DOWNLOAD_TIMEOUT), so a server dripping a byte at a time, headers or body, cannot hold the job."""
+    url = _checked_url(raw_url)
     path = workspace / "download.bin"
     limit = settings.max_download_bytes
-    timeout = httpx.Timeout(settings.download_timeout, connect=min(30.0, settings.download_timeout))
+    # Per-operation limit: a silent server is noticed within this even when the deadline is far.
+    stall = min(_STALL_SECONDS, settings.download_timeout)
+    # Raw bytes, never decompressed: a video gains nothing from transfer compression and a gzip bomb
+    # would expand in memory before any size check.
+    headers = {"User-Agent": "video-caption-worker", "Accept-Encoding": "identity"}
+    size = 0
+    client = httpx.Client(follow_redirects=False, timeout=httpx.Timeout(stall))
+    # httpx has no overall timeout; closing the client from a timer ends whatever read is under way.
+    expired = threading.Event()
+    watchdog = threading.Timer(settings.download_timeout, lambda: (expired.set(), client.close()))
+    watchdog.daemon = True
+    watchdog.start()
     try:
-        with httpx.Client(follow_redirects=True, max_redirects=5, timeout=timeout) as client:
-            with client.stream("GET", url, headers={"User-Agent": "video-caption-worker"}) as response:
+        for _ in range(_MAX_REDIRECTS + 1):
+            with client.stream("GET", url, headers=headers) as response:
+                if response.is_redirect:
+                    url = _checked_url(
+                        str(response.url.join(response.headers.get("location", ""))), redirected_from=url
+                    )
+                    continue
                 if response.status_code >= 400:
                     raise FetchError(f"download failed: HTTP {response.status_code} from {_safe_url(url)}")
-                declared = response.headers.get("content-length")
-                if declared and declared.isdigit() and int(declared) > limit:
+                declared = response.headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > limit:
                     raise FetchError(f"download is {declared} bytes, above MAX_DOWNLOAD_BYTES={limit}")
-                size = 0
                 with path.open("wb") as out:
-                    for chunk in response.iter_bytes(_CHUNK):
+                    for chunk in response.iter_raw():
                         size += len(chunk)
                         if size > limit:
                             raise FetchError(f"download exceeds MAX_DOWNLOAD_BYTES={limit}")
                         out.write(chunk)
-    except httpx.TimeoutException as exc:
-        raise FetchError(f"download timed out after {settings.download_timeout:g}s: {_safe_url(url)}") from exc
-    except httpx.HTTPError as exc:
-        raise FetchError(f"download failed: {type(exc).__name__}: {exc}") from exc
+                break
+        else:
+            raise FetchError(f"more than {_MAX_REDIRECTS} redirects from {_safe_url(raw_url)}")
+    except Exception as exc:
+        if expired.is_set():  # whatever the interrupted read raised
+            raise FetchError(
+                f"download timed out: not done within DOWNLOAD_TIMEOUT={settings.download_timeout:g}s: {_safe_url(url)}"
+            ) from exc
+        if isinstance(exc, httpx.TimeoutException):
+            raise FetchError(f"download timed out: no data for {stall:g}s from {_safe_url(url)}") from exc
+        if isinstance(exc, httpx.HTTPError):
+            # httpx's own texts can quote the URL; the class name and our cleaned URL say enough.
+            raise FetchError(f"download failed: {type(exc).__name__} from {_safe_url(url)}") from exc
+        raise
+    finally:
+        watchdog.cancel()
+        client.close()
     if size == 0:
         raise FetchError(f"download is empty: {_safe_url(url)}")
     return LocalMedia(path=path, size_bytes=size, source="url")
 
 
-def _safe_url(url: str) -> str:
-    # Presigned URLs carry credentials in the query string; errors and logs show the rest only.
-    return httpx.URL(url).copy_with(query=None, fragment=None).__str__()
+def _checked_url(raw: str, *, redirected_from: httpx.URL | None = None) -> httpx.URL:
+    """The URL if it is an absolute http(s) URL with a host; the same rule holds for every redirect."""
+    where = f" (redirect from {_safe_url(redirected_from)})" if redirected_from is not None else ""
+    try:
+        url = httpx.URL(raw)
+        host = url.host  # decoding an IDNA host name can fail even when parsing did not
+    except (httpx.InvalidURL, ValueError) as exc:  # ValueError: IDNA errors in the host name
+        raise FetchError(f"not a valid URL{where}: {type(exc).__name__}") from None
+    if url.scheme not in ("http", "https") or not host:
+        raise FetchError(f"only http(s) URLs with a host are fetched, not {_safe_url(url)}{where}")
+    return url
+
+
+def _safe_url(url: str | httpx.URL) -> str:
+    """Scheme, host, port and path only: presigned URLs carry credentials in the query string and
+    user:password@ URLs in the authority; errors and logs never show those."""
+    try:
+        parsed = httpx.URL(url) if isinstance(url, str) else url
+        port = f":{parsed.port}" if parsed.port else ""
+        return f"{parsed.scheme}://{parsed.host}{port}{parsed.path}"[:300]
+    except (httpx.InvalidURL, ValueError):
+        return "<invalid URL>"

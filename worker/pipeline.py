@@ -75,13 +75,19 @@ class CaptionService:
                 log.info("job %s failed: %s: %s", job_id, exc.type, exc.message)
             else:
                 log.exception("job %s failed unexpectedly", job_id)
-            return error_payload(exc, debug=self.settings.debug)
+            payload = error_payload(exc, debug=self.settings.debug)
+            if isinstance(exc, WorkerError) and exc.refresh_worker:
+                payload["refresh_worker"] = True
+            return payload
 
     async def caption(self, job_input: Any, job_id: str) -> CaptionResult:
         started = time.perf_counter()
         request = parse_request(job_input, max_frames_limit=self.settings.max_frames_limit)
-        engine = self.engine.get()  # fail fast, before any download, when there is no engine
+        engine = await self.engine.acquire()  # before any download: fail fast when there is no engine
         prepared = await asyncio.to_thread(self._fetch_and_decode, request, engine)
+        # The engine may have died and been rebuilt meanwhile; this job never reached the old one, so it
+        # waits for the new one rather than failing with it. The adapter and limits are the same.
+        engine = await self.engine.acquire()
         adapter = engine.adapter
         media = prepared.media
         audio = media.audio if isinstance(media, PreparedVideo) else None
@@ -144,7 +150,7 @@ class CaptionService:
 
     def _prepare_video(self, path: Path, request: CaptionRequest, engine: Engine) -> Prepared:
         adapter = engine.adapter
-        info = probe(path)
+        info = probe(path, max_pixels=self.settings.max_source_pixels)
         plan = plan_timestamps(
             info.duration, info.fps, request.fps, request.max_frames, frame_multiple=adapter.frame_multiple
         )
@@ -170,10 +176,16 @@ class CaptionService:
                 f"{exc.message} (the {window[1] - window[0]:.1f} s of audio take {audio_tokens} tokens; "
                 "process_audio false frees them)"
             ) from exc
-        frames = decode_frames(path, info, plan.timestamps, size)
+        frames = decode_frames(path, info, plan.timestamps, size, max_pixels=self.settings.max_source_pixels)
         audio = None
         if window:
-            audio = decode_audio(path, start=window[0], end=window[1], video_start=info.start_time)
+            audio = decode_audio(
+                path,
+                start=window[0],
+                end=window[1],
+                video_start=info.start_time,
+                max_pixels=self.settings.max_source_pixels,
+            )
         return Prepared(PreparedVideo(info, frames, plan.fps_used, audio), warnings=warnings)
 
     def _audio_window(

@@ -14,6 +14,7 @@ from worker.compile_cache import configure_compile_caches
 from worker.config import Settings, get_settings
 from worker.engine import EngineSlot
 from worker.pipeline import CaptionService
+from worker.redact import RedactingFormatter
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,12 @@ def make_handler(service: CaptionService) -> Handler:
             # RunPod marks a job FAILED when the output has "error", and its API carries that error as a
             # string (the SDK's local API rejects anything else), so the structured error travels as JSON
             # text: json.loads(response["error"]) gives {"type", "message", "traceback", ...}.
-            return {"error": json.dumps(output["error"])}
+            failed: dict[str, Any] = {"error": json.dumps(output["error"])}
+            if output.get("refresh_worker"):
+                # runpod-python turns this into "stopPod": RunPod stops this worker after the job and
+                # starts a fresh one (the local API ignores it).
+                failed["refresh_worker"] = True
+            return failed
         return output
 
     return handler
@@ -48,10 +54,9 @@ def _exit_cleanly_on_sigterm() -> None:
 def build_worker(settings: Settings | None = None) -> dict[str, Any]:
     """Everything ``runpod.serverless.start`` needs. Builds the engine now, at cold start, once."""
     settings = settings or get_settings()
-    logging.basicConfig(
-        level=logging.DEBUG if settings.debug else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logging.basicConfig(level=logging.DEBUG if settings.debug else logging.INFO)
+    for log_handler in logging.getLogger().handlers:
+        log_handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     _exit_cleanly_on_sigterm()
     # Before the engine imports vLLM and torch, which read the cache locations at import.
     configure_compile_caches(settings.compile_cache_dir)

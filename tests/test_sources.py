@@ -1,0 +1,246 @@
+"""Where media may come from: allowed paths only, http(s) URLs with every redirect re-checked, capped and
+time-limited downloads, private scratch files, and no process ever started by the worker code."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import os
+import re
+import stat
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fakes import FakeEngine, FakeEngineSlot, load_tokenizer
+from tests.http_server import GZIP_BOMB_BYTES, gzip_bomb
+from worker.config import Settings
+from worker.errors import FetchError
+from worker.media import fetch_media, job_workspace
+from worker.pipeline import CaptionService
+from worker.schema import MediaSource
+
+ROOT = Path(__file__).resolve().parent.parent
+HANG_GUARD_S = 15.0
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture
+def settings(media_dir: Path, work_dir: Path) -> Settings:
+    return Settings(
+        allowed_media_roots=[media_dir], work_dir=work_dir, download_timeout=2.0, max_download_bytes=1024**2
+    )
+
+
+def fetch(source: MediaSource, settings: Settings) -> tuple[int, bytes]:
+    with job_workspace(settings) as workspace:
+        media = fetch_media(source, workspace, settings)
+        return media.size_bytes, media.path.read_bytes()[:16]
+
+
+def fetch_error(source: MediaSource, settings: Settings) -> str:
+    started = time.monotonic()
+    with pytest.raises(FetchError) as info:
+        fetch(source, settings)
+    assert time.monotonic() - started < HANG_GUARD_S
+    return info.value.message
+
+
+# --- URLs ---------------------------------------------------------------------------------------------
+
+
+def test_redirects_are_followed_within_the_limit(
+    settings: Settings, hostile_server: str, clip_for_sources: Path
+) -> None:
+    for path in ("/redirect", "/redirect-chain"):
+        size, _ = fetch(MediaSource("url", hostile_server + path), settings)
+        assert size == clip_for_sources.stat().st_size
+
+
+@pytest.mark.parametrize(
+    "path,match",
+    [
+        ("/redirect-file", r"only http\(s\) URLs with a host are fetched, not file:///etc/passwd \(redirect from "),
+        ("/redirect-ftp", r"only http\(s\) URLs with a host are fetched, not ftp://127\.0\.0\.1/clip\.mp4 \(redirect"),
+        ("/redirect-loop", r"more than 5 redirects"),
+    ],
+)
+def test_every_redirect_is_checked_like_the_url(settings: Settings, hostile_server: str, path: str, match: str) -> None:
+    assert re.search(match, fetch_error(MediaSource("url", hostile_server + path), settings))
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http:///x.mp4", "http://[::1/x.mp4", "https://xn--/x.mp4", "http://\udcff/x.mp4", "ftp://127.0.0.1/x.mp4"],
+)
+def test_malformed_urls_are_fetch_errors(settings: Settings, url: str) -> None:
+    assert fetch_error(MediaSource("url", url), settings)
+
+
+@pytest.mark.parametrize(
+    "path,match",
+    [
+        ("/huge-declared", "download is 1000000000000 bytes, above MAX_DOWNLOAD_BYTES=1048576"),
+        ("/huge-streamed", "download exceeds MAX_DOWNLOAD_BYTES=1048576"),
+        # A silent server trips the per-read timeout and the deadline at the same time here (both 2 s).
+        ("/stall-headers", "download timed out"),
+        ("/stall-body", "download timed out"),
+        ("/drip", "download timed out: not done within DOWNLOAD_TIMEOUT=2s"),
+        ("/drip-headers", "download timed out: not done within DOWNLOAD_TIMEOUT=2s"),
+        ("/drop", "download failed: RemoteProtocolError"),
+        ("/empty", "download is empty"),
+    ],
+)
+def test_downloads_are_capped_and_time_limited(settings: Settings, hostile_server: str, path: str, match: str) -> None:
+    assert match in fetch_error(MediaSource("url", hostile_server + path), settings)
+
+
+def test_a_gzip_bomb_is_stored_as_sent_never_inflated(settings: Settings, hostile_server: str) -> None:
+    status = Path("/proc/self/status")
+
+    def mib(field: str) -> float:
+        match = re.search(rf"^{field}:\s+(\d+) kB", status.read_text(), re.MULTILINE)
+        assert match
+        return int(match.group(1)) / 1024
+
+    gzip_bomb()  # built by the server in this process: before the measurement
+    before = mib("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")
+    size, head = fetch(MediaSource("url", f"{hostile_server}/gzip-bomb"), settings)
+    assert head.startswith(b"\x1f\x8b") and size < GZIP_BOMB_BYTES // 100  # the compressed bytes, as sent
+    assert mib("VmHWM") - before < 32
+
+
+def test_url_credentials_never_reach_errors(settings: Settings, hostile_server: str) -> None:
+    port = hostile_server.rsplit(":", 1)[1]
+    for url in (
+        f"http://alice:pa55word-secret@127.0.0.1:{port}/missing?X-Amz-Signature=sig-secret#frag-secret",
+        "http://alice:pa55word-secret@127.0.0.1:9/x.mp4?token=sig-secret",
+        f"{hostile_server}/redirect-file?token=sig-secret",
+    ):
+        message = fetch_error(MediaSource("url", url), settings)
+        assert "secret" not in message and "alice" not in message, message
+
+
+# --- paths --------------------------------------------------------------------------------------------
+
+
+def test_paths_that_escape_or_are_not_plain_files_are_refused(
+    settings: Settings, media_dir: Path, work_dir: Path, clip_for_sources: Path, tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.mp4").write_bytes(clip_for_sources.read_bytes())
+    escape_dir = media_dir / "escape_dir"
+    if not escape_dir.is_symlink():
+        escape_dir.symlink_to(outside, target_is_directory=True)
+    fifo = media_dir / "pipe.mp4"
+    if not fifo.exists():
+        os.mkfifo(fifo)  # opening it would block forever
+    cases = {
+        "symlinked directory": (str(escape_dir / "secret.mp4"), "outside the allowed media roots"),
+        "dot-dot": (f"{media_dir}/../{media_dir.name}/../{outside.parent.name}/outside/secret.mp4", "outside"),
+        "NUL byte": (f"{clip_for_sources}\x00.txt", "file not found"),
+        "FIFO": (str(fifo), "not a regular file"),
+        "device": ("/dev/zero", "outside the allowed media roots"),
+        "WORK_DIR": (str(work_dir), "inside the worker's private WORK_DIR"),
+    }
+    for name, (path, match) in cases.items():
+        settings_with_work_root = settings.model_copy(update={"allowed_media_roots": [media_dir, work_dir]})
+        assert match in fetch_error(MediaSource("path", path), settings_with_work_root), name
+
+
+def test_dot_dot_that_stays_inside_the_root_is_fine(
+    settings: Settings, media_dir: Path, clip_for_sources: Path
+) -> None:
+    (media_dir / "subdir").mkdir(exist_ok=True)
+    path = f"{media_dir}/subdir/../{clip_for_sources.name}"
+    assert fetch(MediaSource("path", path), settings)[0] == clip_for_sources.stat().st_size
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_unreadable_file_is_a_fetch_error(settings: Settings, media_dir: Path) -> None:
+    path = media_dir / "unreadable.mp4"
+    path.write_bytes(b"x")
+    path.chmod(0)
+    try:
+        assert "cannot be read" in fetch_error(MediaSource("path", str(path)), settings)
+    finally:
+        path.unlink()
+
+
+# --- scratch files ------------------------------------------------------------------------------------
+
+
+def test_scratch_directories_are_private_unique_and_removed(settings: Settings) -> None:
+    with job_workspace(settings) as first, job_workspace(settings) as second:
+        assert first != second and first.parent == second.parent == settings.work_dir
+        for path in (settings.work_dir, first, second):
+            assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
+    with pytest.raises(RuntimeError), job_workspace(settings) as third:
+        (third / "partial.bin").write_bytes(b"x")
+        raise RuntimeError("job failed midway")
+    assert not list(settings.work_dir.iterdir())
+
+
+# --- no processes -------------------------------------------------------------------------------------
+
+SHELL_OUTS = {"subprocess", "os.system", "os.popen", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "pty.spawn"}
+_events: list[str] | None = None
+
+
+def _audit(event: str, args: tuple[Any, ...]) -> None:
+    if _events is not None and event.startswith(tuple(SHELL_OUTS)):
+        _events.append(event)
+
+
+@pytest.fixture(scope="module")
+def audit() -> Iterator[None]:
+    sys.addaudithook(_audit)  # cannot be removed; it records only while a test sets _events
+    yield
+
+
+def test_no_worker_module_can_start_a_process() -> None:
+    banned_modules = {"subprocess", "pty", "multiprocessing"}
+    banned_calls = {"system", "popen", "execv", "execve", "execvp", "spawnv", "posix_spawn", "fork", "startfile"}
+    for path in sorted((ROOT / "worker").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
+                assert not banned_modules & {n.split(".")[0] for n in names}, (path, ast.dump(node))
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "os":
+                assert node.attr not in banned_calls, (path, node.attr)
+
+
+def test_jobs_start_no_process_fake_engine(
+    audit: None, tiny_model: Path, media_dir: Path, work_dir: Path, hostile_server: str, clip_for_sources: Path
+) -> None:
+    global _events
+    settings = Settings(allowed_media_roots=[media_dir], work_dir=work_dir, download_timeout=2.0)
+    service = CaptionService(settings, FakeEngineSlot(FakeEngine(load_tokenizer(tiny_model))))
+    jobs: list[dict[str, Any]] = [
+        {"video": str(clip_for_sources), "process_audio": True},
+        {"video": f"{hostile_server}/redirect"},
+        {"video_base64": "AAAA" * 100},
+        {"video": "$(touch /tmp/pwned)"},
+        {"video": "/tmp/`touch pwned`.mp4"},
+        {"video": f"{hostile_server}/clip.mp4; touch /tmp/pwned"},
+        {"video": "|touch /tmp/pwned"},
+        {"video": str(clip_for_sources), "prompt": "$(id) `id` ; id"},
+    ]
+    loop = asyncio.new_event_loop()
+    _events = []
+    try:
+        outputs = [loop.run_until_complete(service.handle(job)) for job in jobs]
+    finally:
+        recorded, _events = _events, None
+        loop.close()
+    assert recorded == [], recorded
+    assert "caption" in outputs[0] and "caption" in outputs[1] and "caption" in outputs[-1]
+    assert all("error" in out for out in outputs[2:-1])
+    assert not Path("/tmp/pwned").exists()
