@@ -156,10 +156,6 @@ class Engine:
                 details=[{"field": "json_schema", "message": f"the engine cannot use this schema: {exc}"}],
             ) from exc
 
-    def count_tokens(self, text: str) -> int:
-        """Tokens of ``text`` as the model reads it (no special tokens added). Blocking for long texts."""
-        return len(self.tokenizer.encode(text, add_special_tokens=False))
-
     @property
     def healthy(self) -> bool:
         return not self.llm.errored
