@@ -154,3 +154,32 @@ def test_runpod_replaces_the_worker_when_its_engine_cannot_be_rebuilt(
     # The one-shot runner reads it from the output, as for any coroutine handler.
     result = asyncio.run(rp_job.run_job(make_handler(svc), {"id": "local_test", "input": {"video": str(clip)}}))
     assert result["stopPod"] is True
+
+
+class DiesAfterFirstAcquire(FakeEngineSlot):
+    """Alive when the job starts, dead and not rebuildable when its requests go to the engine."""
+
+    def __init__(self, engine: Any) -> None:
+        super().__init__(engine)
+        self.calls = 0
+
+    async def acquire(self) -> Any:
+        self.calls += 1
+        if self.calls > 1:
+            raise EngineError("the inference engine died and could not be rebuilt", refresh_worker=True)
+        return self.engine
+
+
+def test_batch_items_that_lose_the_engine_ask_for_a_new_worker_once(
+    engine: RecordingFakeEngine, media_dir: Path, work_dir: Path, clip: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api = RunPodRecorder(monkeypatch)
+    settings = Settings(allowed_media_roots=[media_dir], work_dir=work_dir)
+    svc = CaptionService(settings, DiesAfterFirstAcquire(engine))
+    handle_job(svc, {"videos": [str(clip), str(clip)], "max_frames": 2, "stream": True})
+    (done,) = api.of("done")
+    assert done["stopPod"] is True
+    streamed, result = done["output"][:-1], done["output"][-1]
+    assert "refresh_worker" not in result and len(streamed) == 2
+    for entry in [*result["results"], *(part["result"] for part in streamed)]:
+        assert set(entry) == {"error"} and entry["error"]["type"] == "engine_error"

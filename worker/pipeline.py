@@ -226,12 +226,17 @@ class CaptionService:
         job.num_items = len(sources)
         structured = job.request.json_schema is not None
 
+        refresh = False
+
         async def one(index: int, source: MediaSource) -> tuple[dict[str, Any], CaptionResult | None]:
+            nonlocal refresh
             try:
                 result = await self._item(job, engine, source, index, time.perf_counter())
                 output = result.to_output(structured=structured)
             except WorkerError as exc:
                 result, output = None, self._failure(exc, job.job_id, index)
+                # An item whose engine could not be rebuilt asks for a new worker on behalf of the job.
+                refresh |= output.pop("refresh_worker", False)
             except Exception as exc:
                 # One item's bug must not take the others' results with it.
                 log.exception("job %s item %d failed unexpectedly", job.job_id, index)
@@ -244,8 +249,6 @@ class CaptionService:
 
         done = await _all(one(i, source) for i, source in enumerate(sources))
         results = [result for _, result in done if result is not None]
-        # An item whose engine could not be rebuilt asks for a new worker on behalf of the whole job.
-        asked = [output.pop("refresh_worker", False) for output, _ in done]  # off every item entry
         batch = BatchResult(
             results=[output for output, _ in done],
             metadata=BatchMetadata(
@@ -257,7 +260,7 @@ class CaptionService:
                 processing_time=round(time.perf_counter() - started, 4),
             ),
         ).model_dump(mode="json")
-        return batch | {"refresh_worker": True} if any(asked) else batch
+        return batch | {"refresh_worker": True} if refresh else batch
 
     async def _item(
         self, job: JobContext, engine: Engine, source: MediaSource, item: int | None, started: float
