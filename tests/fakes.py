@@ -7,13 +7,20 @@ these say so in their names ("fake_engine").
 
 from __future__ import annotations
 
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
+from worker.adapters import adapter_for
 from worker.adapters.qwen2_5_vl import Qwen25VLAdapter
-from worker.engine import Generation, MediaPixels, PixelLimits
+from worker.engine import Engine, Generation, MediaPixels, PixelLimits
+from worker.errors import ValidationError
 
 
 class FakeEngine:
@@ -73,3 +80,74 @@ def load_tokenizer(model_dir: Path) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(model_dir)
+
+
+@dataclass
+class FakeRequest:
+    inputs: dict[str, Any]
+    request_id: str
+    json_schema: dict[str, Any] | None
+    cancelled: bool = False
+
+    @property
+    def prompt(self) -> str:
+        return self.inputs["prompt"]
+
+    @property
+    def video(self) -> tuple[Any, dict[str, Any]] | None:
+        return self.inputs.get("multi_modal_data", {}).get("video")
+
+
+class RecordingFakeEngine(Engine):
+    """The real ``Engine`` class with the adapter and tokenizer of a model folder (any family); ``generate``
+    records each request, waits for ``gate`` (when set: tests hold requests back to see what the pipeline
+    does meanwhile) and answers ``answer(request)``."""
+
+    def __init__(self, model_dir: Path, *, max_model_len: int = 4096) -> None:
+        config = json.loads((model_dir / "config.json").read_text())
+        llm = SimpleNamespace(
+            vllm_config=SimpleNamespace(
+                model_config=SimpleNamespace(max_model_len=max_model_len, get_diff_sampling_param=dict)
+            ),
+            errored=False,
+        )
+        pixels = MediaPixels(video=PixelLimits(56 * 56, 448 * 448), image=PixelLimits(56 * 56, 1280 * 28 * 28))
+        tokenizer = load_tokenizer(model_dir)
+        super().__init__(llm, adapter_for(config["architectures"]), tokenizer, "fake/" + model_dir.name, pixels)
+        self.requests: list[FakeRequest] = []
+        self.gate: Callable[[FakeRequest], Awaitable[None]] | None = None
+        self.answer: Callable[[FakeRequest], str] | None = None
+        self.finish_reason = "stop"
+
+    async def generate(
+        self,
+        inputs: dict[str, Any],
+        sampling: dict[str, Any],
+        request_id: str,
+        json_schema: dict[str, Any] | None = None,
+    ) -> Generation:
+        request = FakeRequest(inputs, request_id, json_schema)
+        self.requests.append(request)
+        try:
+            if self.gate is not None:
+                await self.gate(request)
+            await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            request.cancelled = True
+            raise
+        text = self.answer(request) if self.answer else f"caption of request {len(self.requests)}"
+        return Generation(
+            text=text,
+            prompt_tokens=count_tokens(self, request.prompt),
+            completion_tokens=count_tokens(self, text),
+            finish_reason=self.finish_reason,
+            sampling=dict(sampling),
+        )
+
+    def check_json_schema(self, schema: dict[str, Any]) -> None:
+        if "x-uncompilable" in schema:
+            raise ValidationError("invalid input: json_schema: the engine cannot use this schema: fake")
+
+
+def count_tokens(engine: Any, text: str) -> int:
+    return len(engine.tokenizer.encode(text, add_special_tokens=False))

@@ -84,13 +84,28 @@ def stop_session(proc: subprocess.Popen[bytes]) -> list[int]:
 
 
 def runsync(api: str, job_input: dict[str, Any]) -> dict[str, Any]:
+    """The /runsync body as it comes: ``output`` is the list of the parts the handler yielded."""
     response = requests.post(f"{api}/runsync", json={"input": job_input}, timeout=600)
     response.raise_for_status()
     return response.json()
 
 
+def result_of(body: dict[str, Any]) -> dict[str, Any]:
+    """The complete result of a finished job: the last part of its output (README, "Output"); a job that
+    does not stream has exactly one part."""
+    assert body["status"] == "COMPLETED", body
+    output = body["output"]
+    assert isinstance(output, list) and output and "error" not in output[-1], body
+    return output[-1]
+
+
 def error_of(body: dict[str, Any]) -> dict[str, Any]:
-    assert body["status"] == "FAILED", body
-    return json.loads(body["error"])
+    """A failed job's structured error. On RunPod the job is FAILED with ``error`` a JSON string; the SDK's
+    local API (1.10.0) does not check a generator's parts for errors, so there the job is COMPLETED and
+    the error is its last (only) part: ``{"error": "<JSON>"}``."""
+    assert body["status"] == "COMPLETED", body
+    output = body["output"]
+    assert isinstance(output, list) and len(output) == 1 and set(output[0]) == {"error"}, body
+    return json.loads(output[0]["error"])
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from tests.local_api import runsync, serve_api
+from tests.local_api import result_of, runsync, serve_api
 from worker.dummy_model import build_dummy_model
 
 pytestmark = pytest.mark.timeout(900)
@@ -35,9 +35,7 @@ def av_clip(video: Callable[..., Path]) -> Path:
 
 
 def caption(api: str, job: dict[str, object]) -> dict[str, object]:
-    body = runsync(api, {"max_tokens": 4, "seed": 0} | job)
-    assert body["status"] == "COMPLETED", body
-    return body["output"]
+    return result_of(runsync(api, {"max_tokens": 4, "seed": 0} | job))
 
 
 def test_video_job(family_api: tuple[str, str], av_clip: Path) -> None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from worker.errors import UnsupportedInputError
@@ -13,7 +14,9 @@ from worker.frame_plan import (
     audio_window,
     MAX_ASPECT_RATIO,
     VisionGeometry,
+    chunk_bounds,
     fit_frame_size,
+    plan_chunks,
     plan_timestamps,
     smart_resize,
     video_tokens,
@@ -140,3 +143,74 @@ def test_audio_window_of_a_stretch() -> None:
     assert audio_window([59.9], 2.0, 60.0) == (59.65, 60.0)
     with pytest.raises(ValueError):
         audio_window([], 1.0, 5.0)
+
+
+@settings(deadline=None)  # up to ~30k chunks per example
+@given(durations, st.floats(min_value=0.5, max_value=3600.0), st.floats(min_value=0.0, max_value=5.0))
+def test_chunk_bounds_tile_the_video(duration: float, chunk: float, min_last: float) -> None:
+    bounds = chunk_bounds(duration, chunk, min_last=min_last)
+    assert bounds[0][0] == 0.0 and bounds[-1][1] == round(duration, 6)
+    # Contiguous and monotonic: each chunk starts where the previous ended.
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(bounds))
+    assert all(start < end for start, end in bounds)
+    # Every chunk but the last is exactly chunk_seconds long; the last is shorter, or longer by less than
+    # min_last when a sliver was folded into it.
+    assert all(abs(end - start - chunk) <= 2e-6 for start, end in bounds[:-1])
+    last = bounds[-1][1] - bounds[-1][0]
+    assert last <= chunk + min_last + 2e-6
+    if len(bounds) > 1:
+        assert last >= min(min_last, chunk) - 2e-6
+    assert len(bounds) <= max(1, math.ceil(duration / chunk))
+
+
+def test_chunk_bounds_examples() -> None:
+    assert chunk_bounds(600.0, 64.0) == [(i * 64.0, min(600.0, (i + 1) * 64.0)) for i in range(10)]
+    assert chunk_bounds(60.0, 30.0) == [(0.0, 30.0), (30.0, 60.0)]
+    assert chunk_bounds(60.000001, 30.0) == [(0.0, 30.0), (30.0, 60.000001)]  # float noise is no chunk
+    assert chunk_bounds(10.0, 30.0) == [(0.0, 10.0)]
+    assert chunk_bounds(61.0, 30.0) == [(0.0, 30.0), (30.0, 60.0), (60.0, 61.0)]
+    assert chunk_bounds(61.0, 30.0, min_last=2.0) == [(0.0, 30.0), (30.0, 61.0)]
+
+
+@pytest.mark.parametrize("duration,chunk", [(0.0, 1.0), (10.0, 0.0), (10.0, -1.0), (float("inf"), 1.0)])
+def test_chunk_bounds_reject_bad_arguments(duration: float, chunk: float) -> None:
+    with pytest.raises(ValueError):
+        chunk_bounds(duration, chunk)
+
+
+@settings(deadline=None)
+@given(
+    durations,
+    native,
+    st.floats(min_value=0.1, max_value=30.0),
+    st.integers(1, 100),
+    st.floats(min_value=1.0, max_value=600.0),
+    st.sampled_from([1, 2]),
+)
+def test_chunk_plans_sample_each_chunk_within_its_span(
+    duration: float, fps: float | None, req: float, max_frames: int, chunk: float, multiple: int
+) -> None:
+    plans = plan_chunks(duration, fps, req, max_frames, chunk, frame_multiple=multiple)
+    assert [p.index for p in plans] == list(range(len(plans)))
+    assert plans[0].start == 0.0 and plans[-1].end == round(duration, 6)
+    assert all(a.end == b.start for a, b in itertools.pairwise(plans))
+    everything = [t for p in plans for t in p.timestamps]
+    assert all(a < b for a, b in itertools.pairwise(everything))  # strictly increasing over the video
+    rate = req if fps is None else min(req, fps)
+    for p in plans:
+        assert 1 <= len(p.timestamps) <= max_frames
+        assert all(p.start <= t < p.end for t in p.timestamps)
+        # Each chunk is one plan_timestamps of its own length, shifted to its start.
+        local = plan_timestamps(p.end - p.start, fps, req, max_frames, frame_multiple=multiple)
+        assert p.timestamps == [round(p.start + t, 6) for t in local.timestamps]
+        assert p.fps_used == pytest.approx(local.fps_used)
+    if len(plans) > 1:
+        # A remainder shorter than one sampling interval is folded into the chunk before it.
+        assert plans[-1].end - plans[-1].start >= min(1.0 / rate, chunk) - 2e-6
+
+
+def test_chunk_plan_of_a_ten_minute_video() -> None:
+    plans = plan_chunks(600.0, 25.0, 1.0, 30, 64.0, frame_multiple=2)
+    assert len(plans) == 10 and plans[-1].start == 576.0 and plans[-1].end == 600.0
+    assert [len(p.timestamps) for p in plans] == [30] * 9 + [24]
+    assert plans[1].timestamps[0] == pytest.approx(64.0 + 64.0 / 30 / 2)

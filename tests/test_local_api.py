@@ -13,7 +13,7 @@ import pytest
 import requests
 from transformers import AutoTokenizer
 
-from tests.local_api import error_of, runsync, serve_api
+from tests.local_api import error_of, result_of, runsync, serve_api
 from tests.media_factory import make_corrupt
 from worker.frame_plan import VisionGeometry, video_tokens
 
@@ -49,8 +49,8 @@ def test_runsync_caption_with_honest_metadata(
     api: str, clip: Path, expected_text_tokens: Callable[[str], int], work_dir: Path
 ) -> None:
     body = runsync(api, {"video": str(clip), "fps": 2.0, "max_frames": 10, "max_tokens": 16, "seed": 1})
-    assert body["status"] == "COMPLETED", body
-    out = body["output"]
+    assert len(body["output"]) == 1  # a job that does not stream yields its result only
+    out = result_of(body)
     meta = out["metadata"]
     assert isinstance(out["caption"], str)
     assert meta["num_frames"] == 10 and meta["fps_used"] == pytest.approx(10 / 6.0)
@@ -72,11 +72,11 @@ def test_runsync_caption_with_honest_metadata(
 def test_job_sampling_overrides_model_defaults(api: str, clip: Path) -> None:
     job = {"video": str(clip), "max_frames": 2, "max_tokens": 4, "top_k": 5, "repetition_penalty": 1.2,
            "temperature": 0.5, "stop": ["."]}
-    sampling = runsync(api, job)["output"]["metadata"]["sampling"]
+    sampling = result_of(runsync(api, job))["metadata"]["sampling"]
     assert (sampling["top_k"], sampling["repetition_penalty"], sampling["temperature"]) == (5, 1.2, 0.5)
     assert sampling["stop"] == ["."]
     # Greedy decoding: vLLM drops top_k/top_p, and the metadata says so rather than echoing the request.
-    greedy = runsync(api, job | {"temperature": 0.0})["output"]["metadata"]["sampling"]
+    greedy = result_of(runsync(api, job | {"temperature": 0.0}))["metadata"]["sampling"]
     assert (greedy["temperature"], greedy["top_k"]) == (0.0, 0)
 
 
@@ -87,17 +87,14 @@ def test_base64_and_url_inputs(api: str, clip: Path, tmp_path: Path) -> None:
 
     payload = base64.b64encode(clip.read_bytes()).decode()
     for job in ({"video": payload}, {"video": f"data:video/mp4;base64,{payload}"}, {"video_base64": payload}):
-        body = runsync(api, job | {"max_frames": 4, "max_tokens": 8})
-        assert body["status"] == "COMPLETED", body
-        assert body["output"]["metadata"]["num_frames"] == 4
+        assert result_of(runsync(api, job | {"max_frames": 4, "max_tokens": 8}))["metadata"]["num_frames"] == 4
 
     handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(clip.parent))
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{httpd.server_address[1]}/{clip.name}"
-        body = runsync(api, {"video": url, "max_frames": 4, "max_tokens": 8})
-        assert body["status"] == "COMPLETED", body
+        result_of(runsync(api, {"video": url, "max_frames": 4, "max_tokens": 8}))
     finally:
         httpd.shutdown()
 
@@ -112,16 +109,14 @@ def test_run_then_status(api: str, clip: Path) -> None:
         if status["status"] in ("COMPLETED", "FAILED"):
             break
         time.sleep(1)
-    assert status["status"] == "COMPLETED", status
-    assert status["output"]["metadata"]["num_frames"] == 4
+    assert result_of(status)["metadata"]["num_frames"] == 4
 
 
 def test_eight_concurrent_jobs(api: str, video: Callable[..., Path]) -> None:
     clips = [video(f"conc_{i}.mp4", seconds=2.0 + i, fps=10, width=64, height=48) for i in range(8)]
     with ThreadPoolExecutor(8) as pool:
         bodies = list(pool.map(lambda c: runsync(api, {"video": str(c), "max_frames": 4, "max_tokens": 12}), clips))
-    assert [b["status"] for b in bodies] == ["COMPLETED"] * 8, bodies
-    durations = [round(b["output"]["metadata"]["video"]["duration"]) for b in bodies]
+    durations = [round(result_of(b)["metadata"]["video"]["duration"]) for b in bodies]
     assert durations == [2 + i for i in range(8)]  # each job got its own video back
 
 
@@ -141,7 +136,7 @@ def test_bad_jobs_between_good_ones(api: str, clip: Path, media_dir: Path, work_
     for job, expected in jobs:
         body = runsync(api, job)
         if expected is None:
-            assert body["status"] == "COMPLETED", body
+            result_of(body)
         else:
             error = error_of(body)
             assert error["type"] == expected, (job, error)
@@ -153,7 +148,7 @@ def test_bad_jobs_between_good_ones(api: str, clip: Path, media_dir: Path, work_
 
 def test_process_audio_on_a_vision_only_model_warns(api: str, clip: Path) -> None:
     body = runsync(api, {"video": str(clip), "process_audio": True, "max_frames": 2, "max_tokens": 4})
-    meta = body["output"]["metadata"]
+    meta = result_of(body)["metadata"]
     assert meta["audio_processed"] is False and (meta["audio_seconds"], meta["audio_tokens"]) == (0.0, 0)
     assert meta["video"]["audio_seconds"] == pytest.approx(6.0, abs=0.1)
     assert any("process_audio" in w and "no audio input" in w and "qwen2_5_vl" in w for w in meta["warnings"])
@@ -166,9 +161,7 @@ def test_image_job(api: str, media_dir: Path, expected_text_tokens: Callable[[st
     path = media_dir / "photo.png"
     PIL.Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 500, 3), dtype=np.uint8)).save(path)
     for job in ({"image": str(path)}, {"image_base64": base64.b64encode(path.read_bytes()).decode()}):
-        body = runsync(api, job | {"max_tokens": 4})
-        assert body["status"] == "COMPLETED", body
-        meta = body["output"]["metadata"]
+        meta = result_of(runsync(api, job | {"max_tokens": 4}))["metadata"]
         assert (meta["media_type"], meta["num_frames"], meta["frame_timestamps"]) == ("image", 1, [0.0])
         assert (meta["video"]["width"], meta["video"]["height"], meta["video"]["codec"]) == (500, 300, "png")
         width, height = meta["frame_size"]
@@ -182,6 +175,6 @@ def test_image_job(api: str, media_dir: Path, expected_text_tokens: Callable[[st
 
 def test_portrait_rotated_video(api: str, video: Callable[..., Path]) -> None:
     path = video("portrait.mp4", seconds=2.0, width=96, height=64, rotation=90)
-    meta = runsync(api, {"video": str(path), "max_frames": 2, "max_tokens": 4})["output"]["metadata"]
+    meta = result_of(runsync(api, {"video": str(path), "max_frames": 2, "max_tokens": 4}))["metadata"]
     width, height = meta["frame_size"]
     assert height > width and (meta["video"]["width"], meta["video"]["height"]) == (64, 96)

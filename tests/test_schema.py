@@ -130,3 +130,62 @@ def test_one_medium_per_job() -> None:
 
 def test_source_description_never_contains_the_payload() -> None:
     assert B64 not in classify_video(B64).describe()
+
+
+def test_chunked_mode_fields() -> None:
+    req = parse(video="/tmp/a.mp4", mode="chunked", fps=0.5, max_frames=32)
+    assert (req.chunk_length, req.combine_method, req.stream) == (64.0, "summary", False)
+    req = parse(video="/tmp/a.mp4", mode="chunked", chunk_seconds=10, combine="concat", stream=True)
+    assert (req.chunk_length, req.combine_method, req.stream) == (10.0, "concat", True)
+    assert parse(video="/tmp/a.mp4").mode == "single"
+    for bad in ({"mode": "chunks"}, {"mode": "chunked", "chunk_seconds": 0.5}, {"mode": "chunked", "combine": "x"},
+                {"mode": "chunked", "chunk_seconds": 3601}, {"stream": "yes"}):
+        assert set(problems(video="/tmp/a.mp4", **bad)) & {"mode", "chunk_seconds", "combine", "stream"}
+    # Chunk settings without chunked mode would be silently ignored: an error instead.
+    assert "chunked" in problems(video="/tmp/a.mp4", chunk_seconds=10)["input"]
+    assert "chunked" in problems(video="/tmp/a.mp4", combine="concat")["input"]
+    assert "for videos" in problems(image="/tmp/a.png", mode="chunked")["input"]
+
+
+def test_batch_sources_in_order() -> None:
+    req = parse(videos=["https://e.com/a.mp4", "/tmp/b.mp4", f"data:video/mp4;base64,{B64}"])
+    assert req.is_batch and req.media_type == "video"
+    assert req.sources == [
+        MediaSource("url", "https://e.com/a.mp4"), MediaSource("path", "/tmp/b.mp4"), MediaSource("base64", B64)
+    ]
+    assert parse(images=["/tmp/a.png"]).sources == [MediaSource("path", "/tmp/a.png", "image")]
+    assert not parse(video="/tmp/a.mp4").is_batch
+    # A malformed item is named by its index; a batch is one source among the others.
+    assert "videos[1]" in problems(videos=["/tmp/a.mp4", "ftp://e.com/b.mp4"])
+    assert "videos" in problems(videos=[])
+    assert "input" in problems(videos=["/tmp/a.mp4"], video="/tmp/b.mp4")
+    assert "input" in problems(videos=["/tmp/a.mp4"], images=["/tmp/b.png"])
+    with pytest.raises(ValidationError, match="MAX_BATCH_ITEMS"):
+        parse_request({"videos": ["/tmp/a.mp4"] * 3}, max_frames_limit=100, max_batch_items=2)
+
+
+def test_messages() -> None:
+    turns = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is it?"},
+             {"role": "assistant", "content": "A dog."}, {"role": "user", "content": "What colour?"}]
+    req = parse(video="/tmp/a.mp4", messages=turns)
+    assert req.text == "What colour?" and [m.role for m in req.conversation] == ["system", "user", "assistant", "user"]
+    assert [m.content for m in parse(video="/tmp/a.mp4", prompt="Hi").conversation] == ["Hi"]
+    assert "last message" in problems(video="/tmp/a.mp4", messages=turns[:3])["messages"]
+    assert "only come first" in problems(video="/tmp/a.mp4", messages=[turns[1], turns[0], turns[1]])["messages"]
+    assert "prompt or messages" in problems(video="/tmp/a.mp4", messages=turns, prompt="x")["input"]
+    found = problems(video="/tmp/a.mp4", messages=[{"role": "tool", "content": "x"}, {"role": "user", "content": ""}])
+    assert {"messages[0].role", "messages[1].content"} <= set(found)
+    assert "messages[0].name" in problems(video="/tmp/a.mp4", messages=[{"role": "user", "content": "x", "name": "a"}])
+    assert "messages" in problems(video="/tmp/a.mp4", messages=[])
+
+
+def test_json_schema_is_checked_against_its_metaschema() -> None:
+    schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0}}, "required": ["n"]}
+    assert parse(video="/tmp/a.mp4", json_schema=schema).json_schema == schema
+    draft7 = {"$schema": "http://json-schema.org/draft-07/schema#", "type": "array", "items": [{"type": "string"}]}
+    assert parse(video="/tmp/a.mp4", json_schema=draft7).json_schema == draft7
+    for bad, where in (({"type": "colour"}, "type"), ({"properties": 5}, "properties"),
+                       ({"type": "string", "pattern": "(("}, "pattern"), ({"minimum": "0"}, "minimum")):
+        message = problems(video="/tmp/a.mp4", json_schema=bad)["json_schema"]
+        assert message.startswith("not a valid JSON Schema") and where in message
+    assert "json_schema" in problems(video="/tmp/a.mp4", json_schema="{}")

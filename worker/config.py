@@ -9,7 +9,7 @@ from __future__ import annotations
 import tempfile
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     mm_processor_cache_gb: float | None = Field(None, ge=0)
     # vLLM / torch.compile / Triton caches (worker/compile_cache.py); empty = the libraries' defaults.
     compile_cache_dir: Path | None = Path("/runpod-volume/vllm-cache")
+    # Grammar engine of json_schema jobs: xgrammar (vLLM's first choice, fastest) or guidance (llguidance).
+    structured_outputs_backend: Literal["xgrammar", "guidance"] = "xgrammar"
 
     # Serving
     max_concurrency: int = Field(8, ge=1, le=256)
@@ -60,6 +62,10 @@ class Settings(BaseSettings):
     # Width x height of the *source* video above which it is refused before any frame is decoded: a few
     # bytes of header can claim a frame size whose decode would take gigabytes.
     max_source_pixels: int = Field(DEFAULT_MAX_SOURCE_PIXELS, ge=64 * 64)
+    # Longest video a job may bring (seconds); checked right after probing, before any frame is decoded.
+    max_video_seconds: float = Field(3 * 3600.0, gt=0)
+    # Items of `videos` / `images` in one job.
+    max_batch_items: int = Field(32, ge=1)
 
     # Media sources
     allowed_media_roots: Annotated[list[Path], NoDecode] = Field(

@@ -171,6 +171,28 @@ def _duration(container: av.container.InputContainer, stream: av.video.stream.Vi
     return end - start
 
 
+def measured_end(path: Path, probe_result: Probe, *, max_pixels: int = DEFAULT_MAX_SOURCE_PIXELS) -> float:
+    """Seconds from the video's start to the end of its last video packet, read from the file's tail (a
+    seek to the last keyframe and a short demux, no decoding): the length when the header's cannot be
+    trusted. 0 when no packet has a time."""
+    with _open(path, max_pixels) as container:
+        stream = _video_stream(container, max_pixels)
+        time_base = stream.time_base or Fraction(1, 1_000_000)
+        end = 0.0
+        try:
+            # Past any real end: demuxers land on their last keyframe before it.
+            container.seek(2**62, stream=stream, backward=True)
+        except av.error.FFmpegError:
+            container.seek(0)
+        try:
+            for packet in container.demux(stream):
+                if packet.pts is not None:
+                    end = max(end, float((packet.pts + (packet.duration or 0)) * time_base))
+        except av.error.FFmpegError as exc:
+            log.debug("tail scan stopped early: %s", _describe(exc))
+    return max(0.0, end - probe_result.start_time)
+
+
 def decode_frames(
     path: Path,
     probe_result: Probe,
@@ -178,6 +200,7 @@ def decode_frames(
     size: tuple[int, int],
     *,
     max_pixels: int = DEFAULT_MAX_SOURCE_PIXELS,
+    index: PacketIndex | None = None,
 ) -> DecodedFrames:
     """Frames shown at ``timestamps`` (seconds from the video's start), as RGB ``size`` = (height, width)
     upright images. The frame chosen for an instant t is the last one whose presentation time is <= t.
@@ -188,8 +211,12 @@ def decode_frames(
     predicted from them) that are not shown, about half of a typical H.264/HEVC stream. The frames
     decoded are then checked against the index; any instant that did not get its frame (a decoder that
     drops frames, a seek that lands late) is decoded again the plain way, which is always exact.
+
+    ``index`` is ``packet_index`` of the video, for callers that decode several sets of instants from one
+    video (chunks): the demux pass then runs once, not once per call.
     """
-    index = _packet_index(path, probe_result.start_time, max_pixels)
+    if index is None:
+        index = packet_index(path, probe_result, max_pixels=max_pixels)
     frames, times = _decode_at(path, probe_result, timestamps, size, index, max_pixels)
     missed = _wrong_choices(timestamps, times, index.times)
     if missed:
@@ -212,6 +239,11 @@ def decode_frames(
 class PacketIndex:
     times: list[float]  # presentation time of every video packet, seconds from the start, sorted
     keyframes: list[float]  # those of keyframes, sorted
+
+
+def packet_index(path: Path, probe_result: Probe, *, max_pixels: int = DEFAULT_MAX_SOURCE_PIXELS) -> PacketIndex:
+    """Every video packet's time and keyframe flag, for ``decode_frames``."""
+    return _packet_index(path, probe_result.start_time, max_pixels)
 
 
 def _packet_index(path: Path, start: float, max_pixels: int = DEFAULT_MAX_SOURCE_PIXELS) -> PacketIndex:

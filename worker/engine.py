@@ -18,7 +18,7 @@ from typing import Any
 
 from worker.adapters import MediaLimits, ModelAdapter, adapter_for
 from worker.config import Settings
-from worker.errors import EngineError, UnsupportedInputError
+from worker.errors import EngineError, UnsupportedInputError, ValidationError
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ class Engine:
         # Imported here: `import vllm` takes ~20 s and is only needed once the engine is really built.
         from transformers import AutoConfig
         from vllm import AsyncEngineArgs
+        from vllm.config import StructuredOutputsConfig
         from vllm.v1.engine.async_llm import AsyncLLM
 
         hf_config = AutoConfig.from_pretrained(
@@ -86,6 +87,12 @@ class Engine:
             tensor_parallel_size=settings.tensor_parallel_size,
             trust_remote_code=settings.trust_remote_code,
             seed=settings.seed,
+            # json_schema jobs get compact JSON: with free whitespace between tokens a model can emit blanks
+            # until max_tokens (the test models do), and a caption's JSON gains nothing from layout. vLLM
+            # allows that only with a named backend, not "auto".
+            structured_outputs_config=StructuredOutputsConfig(
+                backend=settings.structured_outputs_backend, disable_any_whitespace=True
+            ),
             **settings.engine_overrides(),
             **adapter.engine_kwargs(limits),
         )
@@ -95,11 +102,17 @@ class Engine:
         log.info("engine ready in %.1f s (%s, adapter %s)", elapsed, settings.model_name, adapter.family)
         return cls(llm, adapter, llm.get_tokenizer(), settings.model_name, pixels)
 
-    async def generate(self, inputs: dict[str, Any], sampling: dict[str, Any], request_id: str) -> Generation:
+    async def generate(
+        self,
+        inputs: dict[str, Any],
+        sampling: dict[str, Any],
+        request_id: str,
+        json_schema: dict[str, Any] | None = None,
+    ) -> Generation:
         from vllm import SamplingParams
         from vllm.v1.engine.exceptions import EngineDeadError
 
-        params = SamplingParams(**(self.sampling_defaults | sampling))
+        params = SamplingParams(**(self.sampling_defaults | sampling), structured_outputs=_structured(json_schema))
         final = None
         try:
             stream: AsyncIterator[Any] = self.llm.generate(inputs, params, request_id)
@@ -125,12 +138,38 @@ class Engine:
             sampling={name: getattr(params, name) for name in REPORTED_SAMPLING},
         )
 
+    def check_json_schema(self, schema: dict[str, Any]) -> None:
+        """Raise ValidationError when the engine's structured-output backend cannot compile ``schema``:
+        vLLM's own check (the one ``generate`` would run), done before the job fetches anything. Blocking
+        (grammar compilation): run it in a thread."""
+        from vllm import SamplingParams
+
+        config = self.llm.vllm_config
+        params = SamplingParams(structured_outputs=_structured(schema))
+        try:
+            params.verify(
+                config.model_config, config.speculative_config, config.structured_outputs_config, self.tokenizer
+            )
+        except ValueError as exc:
+            raise ValidationError(
+                f"invalid input: json_schema: the engine cannot use this schema: {exc}",
+                details=[{"field": "json_schema", "message": f"the engine cannot use this schema: {exc}"}],
+            ) from exc
+
     @property
     def healthy(self) -> bool:
         return not self.llm.errored
 
     def shutdown(self) -> None:
         self.llm.shutdown()
+
+
+def _structured(json_schema: dict[str, Any] | None) -> Any:
+    if json_schema is None:
+        return None
+    from vllm.sampling_params import StructuredOutputsParams
+
+    return StructuredOutputsParams(json=json_schema)
 
 
 def _pixel_limits(settings: Settings) -> MediaPixels:

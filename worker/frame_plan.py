@@ -143,3 +143,52 @@ def smart_resize(height: int, width: int, *, factor: int, min_pixels: int, max_p
         else:
             w_bar -= factor
     return h_bar, w_bar
+
+
+# Chunk ends within this many seconds of the video's end are the end (float noise in durations).
+_CHUNK_EPSILON = 1e-6
+
+
+def chunk_bounds(duration: float, chunk_seconds: float, *, min_last: float = 0.0) -> list[tuple[float, float]]:
+    """Consecutive (start, end) spans of ``chunk_seconds`` tiling ``[0, duration]``; the last is shorter
+    when the duration is not a multiple. A remainder shorter than ``min_last`` (too short to hold a
+    sampled frame) joins the chunk before it instead of standing alone."""
+    if duration <= 0 or not math.isfinite(duration):
+        raise ValueError(f"duration must be positive and finite, got {duration}")
+    if chunk_seconds <= 0 or not math.isfinite(chunk_seconds) or min_last < 0:
+        raise ValueError("chunk_seconds must be positive and finite, min_last not negative")
+    count = max(1, math.ceil(duration / chunk_seconds - _CHUNK_EPSILON))
+    if count > 1 and duration - (count - 1) * chunk_seconds < min_last:
+        count -= 1
+    starts = [round(i * chunk_seconds, 6) for i in range(count)]
+    return [(start, end) for start, end in zip(starts, [*starts[1:], round(duration, 6)], strict=True)]
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    index: int
+    start: float  # seconds, the span of the video this chunk stands for
+    end: float
+    timestamps: list[float]  # sample instants within [start, end), seconds from the video's start
+    fps_used: float  # frames sampled per second of the chunk
+
+
+def plan_chunks(
+    duration: float,
+    native_fps: float | None,
+    requested_fps: float,
+    max_frames: int,
+    chunk_seconds: float,
+    *,
+    frame_multiple: int = 1,
+) -> list[ChunkPlan]:
+    """``plan_timestamps`` applied to each chunk of ``chunk_bounds``: every chunk is sampled at the same
+    rate (at most ``max_frames`` each), its instants offset to its own span. A remainder shorter than one
+    sampling interval is folded into the previous chunk."""
+    rate = requested_fps if not native_fps or native_fps <= 0 else min(requested_fps, native_fps)
+    plans = []
+    for index, (start, end) in enumerate(chunk_bounds(duration, chunk_seconds, min_last=1.0 / rate)):
+        local = plan_timestamps(end - start, native_fps, requested_fps, max_frames, frame_multiple=frame_multiple)
+        timestamps = [round(start + t, 6) for t in local.timestamps]
+        plans.append(ChunkPlan(index, start, end, timestamps, local.fps_used))
+    return plans

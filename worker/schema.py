@@ -11,8 +11,18 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
+import jsonschema
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from worker.errors import ValidationError
 
@@ -37,6 +47,8 @@ SOURCE_FIELDS: dict[str, tuple[MediaType, SourceKind | None]] = {
     "image_path": ("image", "path"),
     "image_base64": ("image", "base64"),
 }
+# Several media in one job, each string read by classify_video's rules; they count as a source field.
+BATCH_FIELDS: dict[str, MediaType] = {"videos": "video", "images": "image"}
 
 
 @dataclass(frozen=True)
@@ -81,8 +93,24 @@ def classify_video(value: str) -> MediaSource:
     return MediaSource("base64", value)
 
 
+def _classifiable(value: str) -> str:
+    classify_video(value)  # raises ValueError for a rejected scheme or data URI
+    return value
+
+
 NonEmptyStr = Annotated[str, StringConstraints(min_length=1)]
+MediaStr = Annotated[str, StringConstraints(min_length=1), AfterValidator(_classifiable)]
 StopStr = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+PromptStr = Annotated[str, StringConstraints(min_length=1, max_length=16384)]
+
+
+class ChatMessage(BaseModel):
+    """One OpenAI-style turn of ``messages``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    role: Literal["system", "user", "assistant"]
+    content: PromptStr
 
 
 class CaptionRequest(BaseModel):
@@ -98,10 +126,20 @@ class CaptionRequest(BaseModel):
     image_url: NonEmptyStr | None = None
     image_path: NonEmptyStr | None = None
     image_base64: NonEmptyStr | None = None
+    videos: list[MediaStr] | None = Field(None, min_length=1, description="several videos, one result each")
+    images: list[MediaStr] | None = Field(None, min_length=1, description="several images, one result each")
 
-    prompt: Annotated[str, StringConstraints(min_length=1, max_length=16384)] | None = Field(
+    prompt: PromptStr | None = Field(
         None, description=f"default: {DEFAULT_PROMPT!r} ({DEFAULT_IMAGE_PROMPT!r} for an image)"
     )
+    messages: list[ChatMessage] | None = Field(
+        None, min_length=1, max_length=64, description="a conversation instead of prompt; media in the first user turn"
+    )
+    mode: Literal["single", "chunked"] = "single"
+    chunk_seconds: float | None = Field(None, ge=1.0, le=3600.0, allow_inf_nan=False)
+    combine: Literal["summary", "concat"] | None = Field(None, description='chunked mode; default "summary"')
+    stream: bool = False
+    json_schema: dict[str, Any] | None = Field(None, description="JSON Schema the caption must follow")
     fps: float = Field(1.0, ge=0.1, le=30.0, allow_inf_nan=False)
     max_frames: int = Field(30, ge=1, description="upper bound: env MAX_FRAMES_LIMIT (default 100)")
     temperature: float = Field(0.7, ge=0.0, le=2.0, allow_inf_nan=False)
@@ -138,39 +176,107 @@ class CaptionRequest(BaseModel):
     @field_validator("video", "image")
     @classmethod
     def _classifiable(cls, value: str | None) -> str | None:
+        return _classifiable(value) if value is not None else None
+
+    @field_validator("videos", "images")
+    @classmethod
+    def _batch_size(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        limit = (info.context or {}).get("max_batch_items", 32)
+        if value is not None and len(value) > limit:
+            raise ValueError(f"at most {limit} items per job (MAX_BATCH_ITEMS of this deployment)")
+        return value
+
+    @field_validator("messages")
+    @classmethod
+    def _conversation(cls, value: list[ChatMessage] | None) -> list[ChatMessage] | None:
+        if value is None:
+            return None
+        if any(m.role == "system" for m in value[1:]):
+            raise ValueError("a system message may only come first")
+        if value[-1].role != "user":
+            raise ValueError("the last message must be the user's (the model answers it)")
+        return value
+
+    @field_validator("json_schema")
+    @classmethod
+    def _json_schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         if value is not None:
-            classify_video(value)  # raises ValueError for a rejected scheme or data URI
+            # The metaschema named by "$schema" (default: the latest draft) catches malformed schemas here,
+            # before any download; what the engine's grammar compiler cannot handle is checked against the
+            # engine before the media is fetched (pipeline).
+            try:
+                jsonschema.validators.validator_for(value).check_schema(value)
+            except jsonschema.SchemaError as exc:
+                where = "/".join(str(p) for p in exc.path)
+                raise ValueError(f"not a valid JSON Schema: {exc.message}" + (f" (at {where})" if where else ""))
         return value
 
     @model_validator(mode="after")
-    def _exactly_one_source(self) -> CaptionRequest:
-        given = [name for name in SOURCE_FIELDS if getattr(self, name)]
+    def _consistent(self) -> CaptionRequest:
+        given = [name for name in (*SOURCE_FIELDS, *BATCH_FIELDS) if getattr(self, name)]
         if len(given) != 1:
-            raise ValueError(
-                f"give exactly one of {', '.join(SOURCE_FIELDS)}" + (f" (got {', '.join(given)})" if given else "")
-            )
+            names = ", ".join((*SOURCE_FIELDS, *BATCH_FIELDS))
+            raise ValueError(f"give exactly one of {names}" + (f" (got {', '.join(given)})" if given else ""))
+        if self.prompt is not None and self.messages is not None:
+            raise ValueError("give prompt or messages, not both")
+        if self.mode == "single" and (self.chunk_seconds is not None or self.combine is not None):
+            raise ValueError('chunk_seconds and combine apply to mode "chunked" only')
+        if self.mode == "chunked" and self.media_type == "image":
+            raise ValueError('mode "chunked" is for videos')
         return self
 
     @property
-    def source(self) -> MediaSource:
+    def is_batch(self) -> bool:
+        return any(getattr(self, name) for name in BATCH_FIELDS)
+
+    @property
+    def sources(self) -> list[MediaSource]:
+        """The job's media in input order: one, or the items of ``videos``/``images``."""
+        for name, media_type in BATCH_FIELDS.items():
+            values: list[str] | None = getattr(self, name)
+            if values:
+                return [_typed(classify_video(value), media_type) for value in values]
         name = next(name for name in SOURCE_FIELDS if getattr(self, name))  # exactly one, see above
         media_type, kind = SOURCE_FIELDS[name]
         value: str = getattr(self, name)
         if kind is None:
-            found = classify_video(value)
-            return MediaSource(found.kind, found.value, media_type)
-        return MediaSource(kind, strip_data_uri(value) if kind == "base64" else value, media_type)
+            return [_typed(classify_video(value), media_type)]
+        return [MediaSource(kind, strip_data_uri(value) if kind == "base64" else value, media_type)]
+
+    @property
+    def source(self) -> MediaSource:
+        return self.sources[0]
 
     @property
     def media_type(self) -> MediaType:
-        return self.source.media_type
+        for name, media_type in BATCH_FIELDS.items():
+            if getattr(self, name):
+                return media_type
+        return SOURCE_FIELDS[next(name for name in SOURCE_FIELDS if getattr(self, name))][0]
+
+    @property
+    def chunk_length(self) -> float:
+        """Seconds of video per chunk in chunked mode: ``chunk_seconds``, else what ``max_frames`` frames
+        at ``fps`` span."""
+        return self.chunk_seconds if self.chunk_seconds is not None else self.max_frames / self.fps
+
+    @property
+    def combine_method(self) -> Literal["summary", "concat"]:
+        return self.combine or "summary"
 
     @property
     def text(self) -> str:
-        """The prompt, or the default for the media type."""
+        """The request in words: the prompt, the last user turn of ``messages``, or the default."""
         if self.prompt is not None:
             return self.prompt
+        if self.messages is not None:
+            return next(m.content for m in reversed(self.messages) if m.role == "user")
         return DEFAULT_IMAGE_PROMPT if self.media_type == "image" else DEFAULT_PROMPT
+
+    @property
+    def conversation(self) -> list[ChatMessage]:
+        """The turns to put to the model: ``messages``, or one user turn with the prompt."""
+        return list(self.messages) if self.messages is not None else [ChatMessage(role="user", content=self.text)]
 
     @property
     def stop_list(self) -> list[str]:
@@ -179,12 +285,22 @@ class CaptionRequest(BaseModel):
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
 
+def _typed(source: MediaSource, media_type: MediaType) -> MediaSource:
+    return MediaSource(source.kind, source.value, media_type)
+
+
 def _field_name(loc: tuple[int | str, ...]) -> str:
     # pydantic puts union-member tags ("list[constrained-str]") in the location; callers only need the
     # field and the list index.
     if not loc:
         return "input"
-    return str(loc[0]) + "".join(f"[{part}]" for part in loc[1:] if isinstance(part, int))
+    parts = [f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc[1:] if _is_location(part)]
+    return str(loc[0]) + "".join(parts)
+
+
+def _is_location(part: int | str) -> bool:
+    # Field names and list indices; union tags hold brackets or hyphens.
+    return isinstance(part, int) or part.isidentifier()
 
 
 def _short(value: Any) -> Any:
@@ -192,12 +308,13 @@ def _short(value: Any) -> Any:
     return value if len(text) <= 80 else text[:77] + "..."
 
 
-def parse_request(raw: Any, *, max_frames_limit: int) -> CaptionRequest:
+def parse_request(raw: Any, *, max_frames_limit: int, max_batch_items: int = 32) -> CaptionRequest:
     """Validate ``job["input"]``; every problem is listed in one ``ValidationError``."""
     if not isinstance(raw, dict):
         raise ValidationError(f"input must be a JSON object, got {type(raw).__name__}")
+    context = {"max_frames_limit": max_frames_limit, "max_batch_items": max_batch_items}
     try:
-        return CaptionRequest.model_validate(raw, context={"max_frames_limit": max_frames_limit})
+        return CaptionRequest.model_validate(raw, context=context)
     except pydantic.ValidationError as exc:
         problems: dict[str, dict[str, Any]] = {}
         for err in exc.errors(include_url=False):
@@ -232,8 +349,22 @@ class Timings(BaseModel):
     inference: float
 
 
+class CombineInfo(BaseModel):
+    """How a chunked job's caption was made from its segments."""
+
+    method: Literal["summary", "concat"]
+    requests: int = Field(description="engine requests of the summary pass (more than one for many segments)")
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str | None
+    seconds: float
+
+
 class CaptionMetadata(BaseModel):
     media_type: MediaType
+    mode: Literal["single", "chunked"] = "single"
+    chunk_seconds: float | None = Field(None, description="chunked mode: the length of each chunk")
+    combine: CombineInfo | None = None
     num_frames: int
     fps_used: float
     audio_processed: bool
@@ -252,6 +383,54 @@ class CaptionMetadata(BaseModel):
     warnings: list[str]
 
 
+class Segment(BaseModel):
+    """One chunk of a chunked job, captioned on its own."""
+
+    index: int
+    start: float
+    end: float
+    caption: str
+    structured: Any = None
+    num_frames: int
+    frame_timestamps: list[float]
+    audio_seconds: float
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str | None
+    inference_seconds: float
+
+
 class CaptionResult(BaseModel):
     caption: str
+    structured: Any = Field(None, description="the caption parsed as JSON, with json_schema only")
+    segments: list[Segment] | None = None
+    num_chunks: int | None = None
     metadata: CaptionMetadata
+
+    def to_output(self, *, structured: bool) -> dict[str, Any]:
+        """The job output: ``structured`` only when the job gave a json_schema, segments and the chunk
+        settings only in chunked mode, so a plain job's output is what it always was."""
+        exclude: dict[str, Any] = {}
+        if not structured:
+            exclude["structured"] = True
+        if self.segments is None:
+            exclude.update(segments=True, num_chunks=True, metadata={"chunk_seconds", "combine"})
+        elif not structured:
+            exclude["segments"] = {"__all__": {"structured"}}
+        return self.model_dump(mode="json", exclude=exclude)
+
+
+class BatchMetadata(BaseModel):
+    num_items: int
+    num_failed: int
+    model: str
+    prompt_tokens: int = Field(description="all items together")
+    completion_tokens: int
+    processing_time: float
+
+
+class BatchResult(BaseModel):
+    """A ``videos``/``images`` job: one entry per item in input order, a result or ``{"error": {...}}``."""
+
+    results: list[dict[str, Any]]
+    metadata: BatchMetadata

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -12,7 +13,7 @@ import numpy as np
 
 from worker.decode import AudioClip, DecodedFrames, Probe
 from worker.frame_plan import VisionGeometry
-from worker.schema import MediaType
+from worker.schema import ChatMessage, MediaType
 
 
 @dataclass(frozen=True)
@@ -59,16 +60,30 @@ class ModelAdapter(ABC):
         return 0
 
     @abstractmethod
-    def build_prompt(self, tokenizer: Any, text: str, media_type: MediaType, with_audio: bool = False) -> str:
-        """The full prompt string, with the model's video or image placeholder (and audio placeholder when
-        ``with_audio``), ready for generation."""
+    def build_prompt(
+        self,
+        tokenizer: Any,
+        text: str | Sequence[ChatMessage],
+        media_type: MediaType | None,
+        with_audio: bool = False,
+    ) -> str:
+        """The full prompt string, ready for generation: ``text`` as the user's turn, or a conversation whose
+        first user turn carries the model's video or image placeholder (and audio placeholder when
+        ``with_audio``); no placeholder when ``media_type`` is None (a text-only request)."""
 
     @abstractmethod
     def video_inputs(
-        self, prompt: str, frames: DecodedFrames, probe: Probe, fps_used: float, audio: AudioClip | None
+        self,
+        prompt: str,
+        frames: DecodedFrames,
+        probe: Probe,
+        fps_used: float,
+        audio: AudioClip | None,
+        span: tuple[float, float] | None = None,
     ) -> dict[str, Any]:
         """A vLLM prompt dict (``prompt``, ``multi_modal_data``, ``mm_processor_kwargs``) for a video and,
-        for audio-capable models, its sound over the same stretch of time."""
+        for audio-capable models, its sound over the same stretch of time. ``span`` (seconds) is the part
+        of the video the frames were sampled from when it is not the whole video (a chunk)."""
 
     @abstractmethod
     def image_inputs(self, prompt: str, image: np.ndarray) -> dict[str, Any]:

@@ -3,28 +3,32 @@ handed over pre-sampled with their true timing, and sizes the processor must not
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from worker.adapters.base import ModelAdapter
 from worker.decode import AudioClip, DecodedFrames, Probe
-from worker.schema import MediaType
+from worker.schema import ChatMessage, MediaType
 
 # Frames and images already have the planned size (multiples of the patch factor); resizing again would
 # only cost time and could change the token count the planner budgeted.
 NO_RESIZE: dict[str, Any] = {"do_resize": False}
 
 
-def video_metadata(frames: DecodedFrames, probe: Probe) -> dict[str, Any]:
+def video_metadata(frames: DecodedFrames, probe: Probe, span: tuple[float, float] | None = None) -> dict[str, Any]:
     """transformers' VideoMetadata for pre-sampled frames: fps and frame indices of the *source*, so the
     processor's sampled rate (len(indices) / total * fps) is the true sampling rate and the models' temporal
-    positions (Qwen2.5-VL's second_per_grid_ts, Qwen3-VL's timestamps) match real time."""
+    positions (Qwen2.5-VL's second_per_grid_ts, Qwen3-VL's timestamps) match real time. For a chunk
+    (``span``) the total is the chunk's frames, so the rate stays the chunk's, while the indices stay the
+    source's: Qwen3-VL stamps each frame pair with its true time in the whole video."""
+    start, end = span if span is not None else (0.0, probe.duration)
     fps = probe.fps or len(frames.timestamps) / probe.duration
-    total = max(round(probe.duration * fps), frames.indices[-1] + 1)
+    total = max(round((end - start) * fps), frames.indices[-1] + 1 - round(start * fps))
     return {
         "fps": fps,
-        "duration": probe.duration,
+        "duration": end - start,
         "total_num_frames": total,
         "frames_indices": frames.indices,
         "video_backend": "pyav",
@@ -39,17 +43,33 @@ class QwenAdapter(ModelAdapter):
 
     frame_multiple = 2
 
-    def build_prompt(self, tokenizer: Any, text: str, media_type: MediaType, with_audio: bool = False) -> str:
-        media: list[dict[str, str]] = [{"type": media_type}] + ([{"type": "audio"}] if with_audio else [])
-        messages = [{"role": "user", "content": [*media, {"type": "text", "text": text}]}]
+    def build_prompt(
+        self,
+        tokenizer: Any,
+        text: str | Sequence[ChatMessage],
+        media_type: MediaType | None,
+        with_audio: bool = False,
+    ) -> str:
+        turns = [ChatMessage(role="user", content=text)] if isinstance(text, str) else list(text)
+        first_user = next(i for i, turn in enumerate(turns) if turn.role == "user")
+        messages: list[dict[str, Any]] = [{"role": turn.role, "content": turn.content} for turn in turns]
+        if media_type is not None:
+            media: list[dict[str, str]] = [{"type": media_type}] + ([{"type": "audio"}] if with_audio else [])
+            messages[first_user]["content"] = [*media, {"type": "text", "text": turns[first_user].content}]
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def video_inputs(
-        self, prompt: str, frames: DecodedFrames, probe: Probe, fps_used: float, audio: AudioClip | None
+        self,
+        prompt: str,
+        frames: DecodedFrames,
+        probe: Probe,
+        fps_used: float,
+        audio: AudioClip | None,
+        span: tuple[float, float] | None = None,
     ) -> dict[str, Any]:
         return {
             "prompt": prompt,
-            "multi_modal_data": {"video": (frames.frames, video_metadata(frames, probe))},
+            "multi_modal_data": {"video": (frames.frames, video_metadata(frames, probe, span))},
             "mm_processor_kwargs": dict(NO_RESIZE),
         }
 

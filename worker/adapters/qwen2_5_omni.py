@@ -45,9 +45,15 @@ class Qwen25OmniAdapter(QwenAdapter):
         return max(0, (encoder_frames - 2) // 2 + 1)
 
     def video_inputs(
-        self, prompt: str, frames: DecodedFrames, probe: Probe, fps_used: float, audio: AudioClip | None
+        self,
+        prompt: str,
+        frames: DecodedFrames,
+        probe: Probe,
+        fps_used: float,
+        audio: AudioClip | None,
+        span: tuple[float, float] | None = None,
     ) -> dict[str, Any]:
-        inputs = super().video_inputs(prompt, frames, probe, fps_used, audio)
+        inputs = super().video_inputs(prompt, frames, probe, fps_used, audio, span)
         # Unlike Qwen2.5-VL, the Omni processor takes the frame rate from this argument, not the metadata
         # (it would assume 2 fps), to place the frames on the time axis of the position ids.
         inputs["mm_processor_kwargs"]["fps"] = fps_used

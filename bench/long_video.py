@@ -1,0 +1,161 @@
+"""A long video, single mode against chunked mode, side by side on one engine and one clip: wall time, decode
+and inference time, frames and engine requests, decode seconds per sampled frame, and the peak RSS of
+the worker and its engine processes during each job, through the same CaptionService the handler uses.
+
+    python bench/long_video.py --cpu                                     # 10 min 64x48 clip, tiny model
+    python bench/long_video.py --size 7b --seconds 1800 --width 1280 --height 720 --video-fps 30  # GPU
+
+Prints RESULT {json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.media_factory import make_video
+from worker.config import Settings
+from worker.dummy_model import build_dummy_model
+from worker.engine import EngineSlot
+from worker.pipeline import CaptionService
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and its descendants (the engine core and its helpers)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo += children.get(pid, [])
+    return tree
+
+
+def status_kib(pid: int, field: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def reset_peaks(pids: list[int]) -> None:
+    # Linux: writing 5 to clear_refs resets the peak RSS (VmHWM) to the current RSS.
+    for pid in pids:
+        try:
+            Path(f"/proc/{pid}/clear_refs").write_text("5")
+        except OSError:
+            pass
+
+
+async def run_job(service: CaptionService, job: dict[str, Any]) -> dict[str, Any]:
+    pids = process_tree(os.getpid())
+    reset_peaks(pids)
+    rss_before = sum(status_kib(pid, "VmRSS") for pid in pids)
+    started = time.perf_counter()
+    out = await service.handle(job)
+    wall = time.perf_counter() - started
+    assert "error" not in out, out
+    meta = out["metadata"]
+    requests = len(out.get("segments") or [None]) + (meta.get("combine") or {}).get("requests", 0)
+    peaks = {pid: status_kib(pid, "VmHWM") for pid in pids}
+    return {
+        "wall_s": round(wall, 2),
+        "decode_s": meta["timings"]["decode"],
+        "inference_s": meta["timings"]["inference"],
+        "num_frames": meta["num_frames"],
+        "frame_size": meta["frame_size"],
+        "engine_requests": requests,
+        "num_chunks": out.get("num_chunks"),
+        "decode_ms_per_sampled_frame": round(1000 * meta["timings"]["decode"] / meta["num_frames"], 2),
+        "prompt_tokens": meta["prompt_tokens"],
+        "completion_tokens": meta["completion_tokens"],
+        "rss_before_mib": round(rss_before / 1024),
+        "peak_rss_mib_all_processes": round(sum(peaks.values()) / 1024),
+        "peak_rss_mib_worker": round(peaks[os.getpid()] / 1024),
+    }
+
+
+async def measure(service: CaptionService, video: Path, args: argparse.Namespace) -> dict[str, Any]:
+    base = {"video": str(video), "fps": args.fps, "max_frames": args.max_frames, "max_tokens": args.max_tokens}
+    await service.handle(base | {"max_frames": 2, "max_tokens": 2})  # one-time processor set-up, not measured
+    single = await run_job(service, base)
+    chunked = await run_job(service, base | {"mode": "chunked"})
+    return {
+        "single": single,
+        "chunked": chunked,
+        "chunked_vs_single": {
+            "wall": round(chunked["wall_s"] / single["wall_s"], 2),
+            "frames": round(chunked["num_frames"] / single["num_frames"], 2),
+            "decode_per_sampled_frame": round(
+                chunked["decode_ms_per_sampled_frame"] / single["decode_ms_per_sampled_frame"], 2
+            ),
+        },
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--cpu", action="store_true", help="the test suite's CPU engine settings")
+    parser.add_argument("--family", default="qwen2_5_vl")
+    parser.add_argument("--size", default="tiny")
+    parser.add_argument("--seconds", type=float, default=600.0)
+    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--height", type=int, default=48)
+    parser.add_argument("--video-fps", type=int, default=2)
+    parser.add_argument("--fps", type=float, default=0.2)
+    parser.add_argument("--max-frames", type=int, default=8)
+    parser.add_argument("--max-tokens", type=int, default=16)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    work = Path(tempfile.mkdtemp(prefix="long-video-"))
+    t = time.perf_counter()
+    video = make_video(
+        work / "clip.mp4", seconds=args.seconds, fps=args.video_fps, width=args.width, height=args.height, audio="aac"
+    )
+    make_s = time.perf_counter() - t
+    model = build_dummy_model(work / f"{args.family}-{args.size}", args.family, args.size)
+    engine_settings: dict[str, Any] = {}
+    if args.cpu:
+        engine_settings = {"max_model_len": 4096, "gpu_memory_utilization": 0.25, "enforce_eager": True}
+    settings = Settings(
+        model_name=str(model), load_format="dummy", allowed_media_roots=[work], work_dir=work / "jobs",
+        **engine_settings,
+    )  # fmt: skip
+    slot = EngineSlot()
+    slot.start(settings)
+    engine = slot.get()  # raises with the start-up failure, if any
+    service = CaptionService(settings, slot)
+    figures = asyncio.run(measure(service, video, args))
+    result = {
+        "model": f"{args.family} {args.size} dummy weights",
+        "video": f"{args.seconds:g} s {args.width}x{args.height} H.264 {args.video_fps} fps + AAC (generated)",
+        "video_generate_s": round(make_s, 1),
+        "job": {"fps": args.fps, "max_frames": args.max_frames, "max_tokens": args.max_tokens},
+        "runs": figures,
+    }
+    print("RESULT " + json.dumps(result), flush=True)
+    engine.shutdown()
+
+
+if __name__ == "__main__":
+    main()
