@@ -4,6 +4,7 @@ the worker and its engine processes during each job, through the same CaptionSer
 
     python bench/long_video.py --cpu                                     # 10 min 64x48 clip, tiny model
     python bench/long_video.py --size 7b --seconds 1800 --width 1280 --height 720 --video-fps 30  # GPU
+    python bench/long_video.py --size 7b --video clip.mp4 --fps 2 --max-frames 64   # a clip made beforehand
 
 Prints RESULT {json}.
 """
@@ -124,21 +125,26 @@ def main() -> None:
     parser.add_argument("--fps", type=float, default=0.2)
     parser.add_argument("--max-frames", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--video", type=Path, help="an existing clip instead of a generated one")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     work = Path(tempfile.mkdtemp(prefix="long-video-"))
     t = time.perf_counter()
-    video = make_video(
-        work / "clip.mp4", seconds=args.seconds, fps=args.video_fps, width=args.width, height=args.height, audio="aac"
-    )
+    if args.video:
+        video = args.video.resolve()
+    else:
+        video = make_video(
+            work / "clip.mp4", seconds=args.seconds, fps=args.video_fps, width=args.width, height=args.height,
+            audio="aac",
+        )  # fmt: skip
     make_s = time.perf_counter() - t
     model = build_dummy_model(work / f"{args.family}-{args.size}", args.family, args.size)
     engine_settings: dict[str, Any] = {}
     if args.cpu:
         engine_settings = {"max_model_len": 4096, "gpu_memory_utilization": 0.25, "enforce_eager": True}
     settings = Settings(
-        model_name=str(model), load_format="dummy", allowed_media_roots=[work], work_dir=work / "jobs",
+        model_name=str(model), load_format="dummy", allowed_media_roots=[work, video.parent], work_dir=work / "jobs",
         **engine_settings,
     )  # fmt: skip
     slot = EngineSlot()
@@ -148,7 +154,9 @@ def main() -> None:
     figures = asyncio.run(measure(service, video, args))
     result = {
         "model": f"{args.family} {args.size} dummy weights",
-        "video": f"{args.seconds:g} s {args.width}x{args.height} H.264 {args.video_fps} fps + AAC (generated)",
+        "video": str(args.video)
+        if args.video
+        else f"{args.seconds:g} s {args.width}x{args.height} H.264 {args.video_fps} fps + AAC (generated)",
         "video_generate_s": round(make_s, 1),
         "job": {"fps": args.fps, "max_frames": args.max_frames, "max_tokens": args.max_tokens},
         "runs": figures,
