@@ -3,7 +3,8 @@ and inference time, frames and engine requests, decode seconds per sampled frame
 the worker and its engine processes during each job, through the same CaptionService the handler uses.
 
     python bench/long_video.py --cpu                                     # 10 min 64x48 clip, tiny model
-    python bench/long_video.py --size 7b --seconds 1800 --width 1280 --height 720 --video-fps 30  # GPU
+    python bench/long_video.py --size 7b --seconds 60 --loop 30 --width 1280 --height 720 --video-fps 30 \
+        --fps 2 --max-frames 64 --max-tokens 256                             # GPU: 30 min 720p
     python bench/long_video.py --size 7b --video clip.mp4 --fps 2 --max-frames 64   # a clip made beforehand
 
 Prints RESULT {json}.
@@ -24,7 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.media_factory import make_video
+from tests.media_factory import loop_video, make_video
 from worker.config import Settings
 from worker.dummy_model import build_dummy_model
 from worker.engine import EngineSlot
@@ -125,6 +126,7 @@ def main() -> None:
     parser.add_argument("--fps", type=float, default=0.2)
     parser.add_argument("--max-frames", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--loop", type=int, default=1, help="play the generated clip this many times (remuxed)")
     parser.add_argument("--video", type=Path, help="an existing clip instead of a generated one")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -138,6 +140,8 @@ def main() -> None:
             work / "clip.mp4", seconds=args.seconds, fps=args.video_fps, width=args.width, height=args.height,
             audio="aac",
         )  # fmt: skip
+        if args.loop > 1:
+            video = loop_video(video, work / "looped.mp4", args.loop)
     make_s = time.perf_counter() - t
     model = build_dummy_model(work / f"{args.family}-{args.size}", args.family, args.size)
     engine_settings: dict[str, Any] = {}
@@ -156,7 +160,8 @@ def main() -> None:
         "model": f"{args.family} {args.size} dummy weights",
         "video": str(args.video)
         if args.video
-        else f"{args.seconds:g} s {args.width}x{args.height} H.264 {args.video_fps} fps + AAC (generated)",
+        else f"{args.seconds * args.loop:g} s {args.width}x{args.height} H.264 {args.video_fps} fps + AAC "
+        f"(generated: {args.seconds:g} s, {args.loop} times)",
         "video_generate_s": round(make_s, 1),
         "job": {"fps": args.fps, "max_frames": args.max_frames, "max_tokens": args.max_tokens},
         "runs": figures,

@@ -147,3 +147,28 @@ def make_corrupt(path: Path, kind: str, source: Path | None = None) -> Path:
     else:
         raise ValueError(kind)
     return path
+
+
+def loop_video(source: Path, path: Path, copies: int) -> Path:
+    """``copies`` runs of ``source`` back to back, remuxed without re-encoding: a long clip in seconds of
+    work where encoding it would take many minutes. Every stream's timestamps continue from the end of
+    the previous copy."""
+    with av.open(str(source)) as probe:
+        span = {s.index: 0 for s in probe.streams}
+        for packet in probe.demux():
+            if packet.pts is not None and packet.duration:
+                span[packet.stream.index] = max(span[packet.stream.index], packet.pts + packet.duration)
+    with av.open(str(path), mode="w") as out:
+        with av.open(str(source)) as first:
+            streams = {s.index: out.add_stream_from_template(s) for s in first.streams}
+        for copy in range(copies):
+            with av.open(str(source)) as inp:
+                for packet in inp.demux():
+                    if packet.dts is None or (copy and packet.pts is not None and packet.pts < 0):
+                        continue
+                    shift = copy * span[packet.stream.index]
+                    packet.pts = None if packet.pts is None else packet.pts + shift
+                    packet.dts += shift
+                    packet.stream = streams[packet.stream.index]
+                    out.mux(packet)
+    return path

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.media_factory import MARKER, frame_level, make_corrupt
+from tests.media_factory import MARKER, frame_level, loop_video, make_corrupt
 from worker.decode import (
     _decode_at,
     _packet_index,
@@ -52,6 +52,22 @@ def test_frames_are_the_ones_shown_at_the_planned_instants(video: VideoMaker, na
         assert t <= wanted < t + 0.1 + 1e-6  # the frame on screen at that instant
         assert index == round(t * 10)
         assert level(frame) == pytest.approx(frame_level(index, 40), abs=6)
+
+
+def test_a_clip_played_three_times_is_decoded_across_its_seams(video: VideoMaker, media_dir: Path) -> None:
+    """The long-video benchmark's 30-minute clip is a short one remuxed back to back: both tracks run on,
+    and frames sampled on either side of a seam are the source's frames at the same offset."""
+    source = video("loop_source.mp4", seconds=4.0, fps=10, audio="aac")
+    path = loop_video(source, media_dir / "looped.mp4", 3)
+    info = probe(path)
+    assert info.duration == pytest.approx(12.0, abs=0.1)
+    got = decode_frames(path, info, [3.95, 4.05, 9.5], (48, 64))
+    assert list(got.indices) == [39, 40, 95]
+    assert [level(f) for f in got.frames] == pytest.approx(
+        [frame_level(39, 40), frame_level(0, 40), frame_level(15, 40)], abs=6
+    )
+    audio = decode_audio(path, start=0.0, end=12.0)
+    assert audio is not None and audio.samples.shape[0] == pytest.approx(12 * 16_000, abs=800)
 
 
 def test_long_gop_seeking_gives_the_same_frames_as_decoding_through(video: VideoMaker) -> None:
@@ -158,14 +174,12 @@ def test_audio_shorter_longer_or_later_than_the_video(video: VideoMaker) -> None
     assert decode_audio(short, start=2.0, end=4.0).seconds == 0.0  # type: ignore[union-attr]
     long = video("a_long.mp4", seconds=2.0, audio="aac", audio_seconds=5.0)
     info = probe(long)
-    assert decode_audio(long, end=info.duration, video_start=info.start_time).seconds == pytest.approx(
-        2.0, abs=0.05
-    )  # type: ignore[union-attr]
+    assert decode_audio(long, end=info.duration, video_start=info.start_time).seconds == pytest.approx(2.0, abs=0.05)  # type: ignore[union-attr]
     late = video("a_late.mkv", seconds=3.0, audio="pcm_s16le", audio_rate=16_000, audio_seconds=2.0, audio_delay=1.0)
     clip = decode_audio(late, end=3.0, video_start=probe(late).start_time)
     assert clip is not None and clip.seconds == pytest.approx(3.0, abs=0.05)
     # Silence until the sound starts, so it stays in step with the frames.
-    assert np.abs(clip.samples[: 15_000]).max() < 1e-3 < np.abs(clip.samples[17_000:]).max()
+    assert np.abs(clip.samples[:15_000]).max() < 1e-3 < np.abs(clip.samples[17_000:]).max()
 
 
 def test_no_audio_stream(video: VideoMaker) -> None:
