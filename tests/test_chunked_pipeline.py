@@ -184,6 +184,22 @@ def test_many_segments_are_summarised_in_rounds_that_fit_the_context(
     assert float(spans[0][0]) == 0.0 and float(spans[-1][1]) == 100.0
 
 
+def test_prompts_the_worker_builds_may_exceed_the_callers_length_limit(
+    tiny_model: Path, long_clip: Path, media_dir: Path, work_dir: Path
+) -> None:
+    """A 16384-character prompt (the limit) gets its span prefix, and the summary request quotes 50 segment
+    captions of 400 characters: both longer than a caller's prompt may be, neither an internal error."""
+    engine = RecordingFakeEngine(tiny_model, max_model_len=32768)
+    engine.answer = lambda request: "word " * 80
+    prompt = "x " * 8192
+    job = {"video": str(long_clip), "mode": "chunked", "fps": 1.0, "max_frames": 2, "max_tokens": 100}
+    out = run(service(engine, media_dir, work_dir), job | {"prompt": prompt})[-1]
+    assert "error" not in out and out["num_chunks"] == 50
+    summary = [r for r in engine.requests if r.video is None]
+    assert len(summary) == 1 and len(summary[0].prompt) > 16384 + 50 * 400
+    assert all(f"s of the video: {prompt}" in r.prompt for r in engine.requests if r.video is not None)
+
+
 def test_duration_cap_is_checked_before_decoding(
     engine: RecordingFakeEngine, long_clip: Path, media_dir: Path, work_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -452,7 +452,11 @@ class CaptionService:
         if not chunked:
             return turns
         first_user = next(i for i, turn in enumerate(turns) if turn.role == "user")
-        stamped = ChatMessage(role="user", content=chunk_prompt(turns[first_user].content, chunk.start, chunk.end))
+        # Built, not validated: the caller's limits are on the caller's text, and the span prefix may take
+        # a prompt at the length limit past it.
+        stamped = ChatMessage.model_construct(
+            role="user", content=chunk_prompt(turns[first_user].content, chunk.start, chunk.end)
+        )
         return [*turns[:first_user], stamped, *turns[first_user + 1 :]]
 
     def _segment(self, caption: ChunkCaption, request: CaptionRequest, warnings: list[str]) -> Segment:

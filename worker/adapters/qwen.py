@@ -50,12 +50,12 @@ class QwenAdapter(ModelAdapter):
         media_type: MediaType | None,
         with_audio: bool = False,
     ) -> str:
-        turns = [ChatMessage(role="user", content=text)] if isinstance(text, str) else list(text)
-        first_user = next(i for i, turn in enumerate(turns) if turn.role == "user")
-        messages: list[dict[str, Any]] = [{"role": turn.role, "content": turn.content} for turn in turns]
+        turns = [("user", text)] if isinstance(text, str) else [(turn.role, turn.content) for turn in text]
+        first_user = next(i for i, (role, _) in enumerate(turns) if role == "user")
+        messages: list[dict[str, Any]] = [{"role": role, "content": content} for role, content in turns]
         if media_type is not None:
             media: list[dict[str, str]] = [{"type": media_type}] + ([{"type": "audio"}] if with_audio else [])
-            messages[first_user]["content"] = [*media, {"type": "text", "text": turns[first_user].content}]
+            messages[first_user]["content"] = [*media, {"type": "text", "text": turns[first_user][1]}]
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def video_inputs(
