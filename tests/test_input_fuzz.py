@@ -74,6 +74,7 @@ def worker_settings(media_dir: Path, work_dir: Path, **overrides: Any) -> Settin
         download_timeout=3.0,
         max_download_bytes=2 * 1024**2,
         max_base64_bytes=4 * 1024**2,
+        allow_private_urls=True,  # the hostile server is on 127.0.0.1
         **overrides,
     )
 

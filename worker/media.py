@@ -10,8 +10,10 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import ipaddress
 import logging
 import shutil
+import socket
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -27,6 +29,8 @@ from worker.schema import MediaSource
 log = logging.getLogger(__name__)
 
 _MAX_REDIRECTS = 5
+# NAT64's well-known prefix embeds an IPv4 address in its last 32 bits (RFC 6052).
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _STALL_SECONDS = 30.0
 # httpx logs every request's full URL at INFO, query string included; presigned URLs carry credentials
 # there. Our own messages name downloads by _safe_url.
@@ -118,6 +122,7 @@ def _download(raw_url: str, workspace: Path, settings: Settings) -> LocalMedia:
     # would expand in memory before any size check.
     headers = {"User-Agent": "video-caption-worker", "Accept-Encoding": "identity"}
     size = 0
+    redirected_from: httpx.URL | None = None
     client = httpx.Client(follow_redirects=False, timeout=httpx.Timeout(stall))
     # httpx has no overall timeout; closing the client from a timer ends whatever read is under way.
     expired = threading.Event()
@@ -126,11 +131,13 @@ def _download(raw_url: str, workspace: Path, settings: Settings) -> LocalMedia:
     watchdog.start()
     try:
         for _ in range(_MAX_REDIRECTS + 1):
-            with client.stream("GET", url, headers=headers) as response:
+            target, extensions = (url, {}) if settings.allow_private_urls else _pinned(url, redirected_from)
+            request_headers = headers | {"Host": url.netloc.decode("ascii")}  # host[:port], no credentials
+            with client.stream("GET", target, headers=request_headers, extensions=extensions) as response:
                 if response.is_redirect:
-                    url = _checked_url(
-                        str(response.url.join(response.headers.get("location", ""))), redirected_from=url
-                    )
+                    # Joined with the URL as given, not the pinned one: a relative Location keeps the host name.
+                    redirected_from = url
+                    url = _checked_url(str(url.join(response.headers.get("location", ""))), redirected_from=url)
                     continue
                 if response.status_code >= 400:
                     raise FetchError(f"download failed: HTTP {response.status_code} from {_safe_url(url)}")
@@ -176,6 +183,57 @@ def _checked_url(raw: str, *, redirected_from: httpx.URL | None = None) -> httpx
     if url.scheme not in ("http", "https") or not host:
         raise FetchError(f"only http(s) URLs with a host are fetched, not {_safe_url(url)}{where}")
     return url
+
+
+def _pinned(url: httpx.URL, redirected_from: httpx.URL | None) -> tuple[httpx.URL, dict[str, str]]:
+    """``url`` with its host resolved once and replaced by that IP, if every address of the name is public,
+    and the request extensions that keep TLS on the name: httpcore's ``sni_hostname`` sets SNI and the
+    name the certificate must match (the Host header carries it for HTTP). Nothing resolves the name again,
+    so a DNS answer that changes between the check and the connection (DNS rebinding) cannot redirect the
+    download. httpx has no resolver hook; pinning through its public request API covers every hop."""
+    host = url.host
+    where = f" (redirect from {_safe_url(redirected_from)})" if redirected_from is not None else ""
+    try:
+        infos = socket.getaddrinfo(host, url.port or (443 if url.scheme == "https" else 80), type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        raise FetchError(f"download failed: cannot resolve the host of {_safe_url(url)}{where}") from None
+    # Every address of the name, not only the one used: a name answering with both is no public host.
+    addresses = [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
+    for address in addresses:
+        kind = non_public(address)
+        if kind is not None:
+            raise FetchError(
+                f"refused: {_safe_url(url)}{where} resolves to a {kind} address; this worker fetches from public "
+                "addresses only (ALLOW_PRIVATE_URLS=true allows private networks)"
+            )
+    try:
+        ipaddress.ip_address(host)
+        extensions = {}
+    except ValueError:
+        extensions = {"sni_hostname": host}
+    return url.copy_with(host=str(addresses[0])), extensions
+
+
+def non_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """Why ``address`` is not a public unicast address (loopback, private, link-local, ...), or None.
+    IPv6 forms that carry an IPv4 address (mapped, 6to4, NAT64) are judged by that address."""
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = address.ipv4_mapped or address.sixtofour
+        if embedded is None and address in _NAT64:
+            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        if embedded is not None:
+            return non_public(embedded)
+    if address.is_loopback:
+        return "loopback"
+    if address.is_link_local:
+        return "link-local"
+    if address.is_unspecified:
+        return "unspecified"
+    if address.is_multicast:
+        return "multicast"
+    if not address.is_global:
+        return "private"
+    return None
 
 
 def _safe_url(url: str | httpx.URL) -> str:
