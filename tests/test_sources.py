@@ -309,6 +309,67 @@ def test_unreadable_file_is_a_fetch_error(settings: Settings, media_dir: Path) -
         path.unlink()
 
 
+def _swap_in_symlink(path: Path, target: Path) -> None:
+    """Replace ``path`` by a symlink to ``target`` in one rename, as an attacker racing the worker would."""
+    link = path.with_name(path.name + ".swap")
+    link.symlink_to(target, target_is_directory=target.is_dir())
+    link.replace(path)
+
+
+@pytest.fixture
+def swap_case(media_dir: Path, tmp_path: Path, clip_for_sources: Path) -> tuple[Path, Path]:
+    """A clip in a directory under the root, and a secret outside the roots by the same name."""
+    inside = media_dir / f"swap-{tmp_path.name}"
+    inside.mkdir()
+    (inside / "clip.mp4").write_bytes(clip_for_sources.read_bytes())
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "clip.mp4").write_bytes(b"secret outside the media roots")
+    return inside, outside
+
+
+@pytest.mark.parametrize("what", ["file", "directory"])
+def test_a_symlink_swapped_in_between_check_and_open_is_refused(
+    settings: Settings, swap_case: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, what: str
+) -> None:
+    """The race, made certain: a fake os.open swaps the path for a symlink out of the roots right after
+    the checks and before the real open."""
+    inside, outside = swap_case
+    target = inside / "clip.mp4"
+    real_open = os.open
+
+    def fake_os_open_after_swap(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if Path(path) == target:
+            if what == "file":
+                _swap_in_symlink(target, outside / "clip.mp4")
+            else:
+                inside.rename(inside.with_name(inside.name + ".moved"))
+                inside.symlink_to(outside, target_is_directory=True)
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", fake_os_open_after_swap)
+    fds_before = len(os.listdir("/proc/self/fd"))
+    message = fetch_error(MediaSource("path", str(target)), settings)
+    assert "changed while it was being opened" in message, message
+    assert len(os.listdir("/proc/self/fd")) == fds_before  # the refused file was closed
+
+
+def test_a_path_swapped_after_the_open_changes_nothing(
+    settings: Settings, swap_case: tuple[Path, Path], clip_for_sources: Path
+) -> None:
+    inside, outside = swap_case
+    target = inside / "clip.mp4"
+    fds_before = len(os.listdir("/proc/self/fd"))
+    with job_workspace(settings) as workspace:
+        media = fetch_media(MediaSource("path", str(target)), workspace, settings)
+        _swap_in_symlink(target, outside / "clip.mp4")
+        assert target.read_bytes().startswith(b"secret")
+        # Every later read of the job (probe, index, decode: each opens media.path) gets the file checked.
+        assert media.path.read_bytes() == clip_for_sources.read_bytes()
+        assert media.size_bytes == clip_for_sources.stat().st_size
+    assert len(os.listdir("/proc/self/fd")) == fds_before  # closed with the workspace
+
+
 # --- scratch files ------------------------------------------------------------------------------------
 
 

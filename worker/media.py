@@ -2,7 +2,8 @@
 
 Every job gets a private scratch directory (``job_workspace``) that is removed when the job ends, on
 success or failure. Paths given by callers are opened only when they resolve, symlinks included, under
-one of ALLOWED_MEDIA_ROOTS.
+one of ALLOWED_MEDIA_ROOTS; the file is opened once, the opened file is checked, and the job reads that
+open file to the end, so a path changed after the check cannot make it read another.
 """
 
 from __future__ import annotations
@@ -10,10 +11,13 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import errno
 import ipaddress
 import logging
+import os
 import shutil
 import socket
+import stat
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -44,14 +48,25 @@ class LocalMedia:
     source: str  # "url", "path" or "base64"
 
 
+# Caller files opened for a job (path sources), by workspace: they stay open until the job's workspace
+# is removed, and the job reads them through /proc/self/fd.
+_open_files: dict[Path, list[int]] = {}
+_open_files_lock = threading.Lock()
+
+
 @contextlib.contextmanager
 def job_workspace(settings: Settings) -> Iterator[Path]:
-    """A fresh private directory for one job's files, always removed afterwards."""
+    """A fresh private directory for one job's files, always removed afterwards (and the caller files
+    opened for the job closed)."""
     settings.work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = Path(tempfile.mkdtemp(prefix="job-", dir=settings.work_dir))
     try:
         yield path
     finally:
+        with _open_files_lock:
+            fds = _open_files.pop(path, [])
+        for fd in fds:
+            os.close(fd)
         shutil.rmtree(path, ignore_errors=True)
 
 
@@ -60,7 +75,7 @@ def fetch_media(source: MediaSource, workspace: Path, settings: Settings) -> Loc
     if source.kind == "base64":
         return _from_base64(source.value, workspace, settings)
     if source.kind == "path":
-        return _from_path(source.value, settings)
+        return _from_path(source.value, workspace, settings)
     return _download(source.value, workspace, settings)
 
 
@@ -83,13 +98,44 @@ def _from_base64(payload: str, workspace: Path, settings: Settings) -> LocalMedi
     return LocalMedia(path=path, size_bytes=len(data), source="base64")
 
 
-def _from_path(raw: str, settings: Settings) -> LocalMedia:
+def _from_path(raw: str, workspace: Path, settings: Settings) -> LocalMedia:
+    """The file at ``raw``, checked and opened once. The name is resolved and checked first (for clear
+    errors), then opened without following a symlink in its last component, and what was opened is
+    checked again: its real path (the kernel's, from /proc/self/fd) the one checked, a regular file. A
+    directory or file swapped for a symlink between the check and the open is refused; one swapped after
+    the open changes nothing, since the job reads the open file (``/proc/self/fd/N``, which opens that
+    very file again whatever its name now points to) until its workspace is removed."""
     try:
         resolved = Path(raw).resolve(strict=True)
     except (OSError, RuntimeError, ValueError):
         # ValueError: an embedded NUL byte. Same message whether it is missing or outside the roots would
         # leak nothing either way, but a caller debugging a typo deserves to know the file is not there.
         raise FetchError(f"file not found: {raw!r}") from None
+    _check_allowed(resolved, raw, settings)
+    try:
+        # O_NONBLOCK: opening a FIFO would otherwise wait for a writer forever.
+        fd = os.open(resolved, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # the file became a symlink since the check
+            raise FetchError(f"path {raw!r} changed while it was being opened; not read") from None
+        raise FetchError(f"file {raw!r} cannot be read: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        # The kernel's name of what was opened: a directory on the way swapped for a symlink since the
+        # check (O_NOFOLLOW guards only the last component) shows here.
+        if Path(os.readlink(f"/proc/self/fd/{fd}")) != resolved:
+            raise FetchError(f"path {raw!r} changed while it was being opened; not read")
+        if not stat.S_ISREG(info.st_mode):
+            raise FetchError(f"not a regular file: {raw!r}")
+    except BaseException:
+        os.close(fd)
+        raise
+    with _open_files_lock:
+        _open_files.setdefault(workspace, []).append(fd)
+    return LocalMedia(path=Path(f"/proc/self/fd/{fd}"), size_bytes=info.st_size, source="path")
+
+
+def _check_allowed(resolved: Path, raw: str, settings: Settings) -> None:
     roots = [root.resolve() for root in settings.allowed_media_roots]
     if not any(resolved.is_relative_to(root) for root in roots):
         raise FetchError(
@@ -99,14 +145,6 @@ def _from_path(raw: str, settings: Settings) -> LocalMedia:
     # WORK_DIR sits under $TMPDIR, a default root: other jobs' files there are never a job's input.
     if resolved.is_relative_to(settings.work_dir.resolve()):
         raise FetchError(f"path {raw!r} is inside the worker's private WORK_DIR")
-    if not resolved.is_file():
-        raise FetchError(f"not a regular file: {raw!r}")
-    try:
-        with resolved.open("rb"):
-            pass
-    except OSError as exc:
-        raise FetchError(f"file {raw!r} cannot be read: {exc.strerror}") from None
-    return LocalMedia(path=resolved, size_bytes=resolved.stat().st_size, source="path")
 
 
 def _download(raw_url: str, workspace: Path, settings: Settings) -> LocalMedia:
