@@ -60,6 +60,8 @@ def worker_env(tiny_model: Path, media_dir: Path, work_dir: Path) -> dict[str, s
         MAX_NUM_SEQS="8",
         ALLOWED_MEDIA_ROOTS=str(media_dir),
         WORK_DIR=str(work_dir),
+        # The tests' URL servers listen on 127.0.0.1.
+        ALLOW_PRIVATE_URLS="true",
         PYTHONUNBUFFERED="1",
     )
     return env

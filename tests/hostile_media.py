@@ -110,7 +110,14 @@ def mov_raw_claiming(path: Path, width: int, height: int) -> Path:
 
 def mkv_duration(path: Path, work: Path, duration_ms: float) -> Path:
     """A 2 s Matroska clip whose Segment Info Duration element says ``duration_ms``."""
-    data = bytearray(make_video(work / "mkv_duration_source.mkv", seconds=2.0, fps=10, codec="mpeg4").read_bytes())
+    source = make_video(work / "mkv_duration_source.mkv", seconds=2.0, fps=10, codec="mpeg4")
+    path.write_bytes(source.read_bytes())
+    return patch_mkv_duration(path, duration_ms)
+
+
+def patch_mkv_duration(path: Path, duration_ms: float) -> Path:
+    """Rewrites the Segment Info Duration element of a Matroska file (PyAV's muxer writes it as a double)."""
+    data = bytearray(path.read_bytes())
     at = data.find(b"\x44\x89")
     assert data[at + 2] == 0x88, "expected an 8-byte float Duration"
     data[at + 3 : at + 11] = struct.pack(">d", duration_ms)
@@ -126,6 +133,21 @@ def mp4_frame_duration(path: Path, work: Path, ticks: int) -> Path:
     assert struct.unpack(">I", data[at + 8 : at + 12])[0] == 1, "expected one stts entry"
     data[at + 16 : at + 20] = struct.pack(">I", ticks)
     path.write_bytes(bytes(data))
+    return path
+
+
+def frames_days_apart(path: Path, gap_seconds: float, count: int) -> Path:
+    """A Matroska video whose ``count`` frames really are ``gap_seconds`` apart: its header and its packets
+    agree on a length of days (a 1 kB file)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        for i in range(count):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 20 * i, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = round(i * gap_seconds * 1000), Fraction(1, 1000)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
     return path
 
 

@@ -7,8 +7,10 @@ import gzip
 import http.server
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 # Long enough to outlast any client timeout a test sets; short enough that no handler thread lingers.
 STALL_SECONDS = 20.0
@@ -25,6 +27,11 @@ class HostileServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
     clip: bytes = b""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # (path, Host header) of every request, so tests can tell whether and how a download reached it.
+        self.requests: list[tuple[str, str | None]] = []
+
     def handle_error(self, request: object, client_address: object) -> None:
         # Clients that give up (timeouts, size caps) reset connections; that is the point, not an error.
         pass
@@ -35,6 +42,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self) -> None:
+        self.server.requests.append((self.path, self.headers.get("Host")))
         path = self.path.split("?", 1)[0]
         route = getattr(self, "route_" + path.strip("/").replace("-", "_").replace(".", "_"), None)
         if route is None:
@@ -73,6 +81,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def route_redirect_file(self) -> None:
         self.redirect("file:///etc/passwd")
+
+    def route_redirect_to(self) -> None:
+        """Redirects to the URL given as the query string (``/redirect-to?http://...``)."""
+        self.redirect(urllib.parse.unquote(self.path.split("?", 1)[1]))
 
     def route_redirect_ftp(self) -> None:
         self.redirect("ftp://127.0.0.1/clip.mp4")
@@ -153,12 +165,18 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 
 @contextmanager
-def serve(clip: bytes) -> Iterator[str]:
-    httpd = HostileServer(("127.0.0.1", 0), Handler)
+def running(clip: bytes, host: str = "127.0.0.1", port: int = 0) -> Iterator[HostileServer]:
+    httpd = HostileServer((host, port), Handler)
     httpd.clip = clip
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+        yield httpd
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+@contextmanager
+def serve(clip: bytes, host: str = "127.0.0.1") -> Iterator[str]:
+    with running(clip, host) as httpd:
+        yield f"http://{host}:{httpd.server_address[1]}"

@@ -41,6 +41,7 @@ def _status_mib(field: str) -> float:
 class Measured:
     outcome: str  # "ok" or an error type
     message: str
+    warnings: list[str]
     seconds: float
     peak_growth_mib: float
 
@@ -76,7 +77,10 @@ def run(tiny_model: Path, media_dir: Path, work_dir: Path) -> Iterator[Callable[
         seconds = time.perf_counter() - started
         growth = _status_mib("VmHWM") - before
         error = output.get("error")
-        measured = Measured(error["type"] if error else "ok", error["message"] if error else "", seconds, growth)
+        warnings = [] if error else output["metadata"]["warnings"]
+        measured = Measured(
+            error["type"] if error else "ok", error["message"] if error else "", warnings, seconds, growth
+        )
         STATS[kind].append(measured)
         assert measured.outcome in {"ok", *ERROR_TYPES} - {"internal_error"}, (kind, path.name, output)
         assert seconds < HANG_GUARD_S, (kind, path.name, seconds)
@@ -166,10 +170,41 @@ def test_bitstream_frame_size_above_the_limit_is_refused_by_the_decoder(
     assert run("30000x30000 and other size claims", mid).outcome in {"ok", "decode_error"}
 
 
-@pytest.mark.parametrize("duration_ms", [9e15, 1e12, -5.0, 1e300, float("nan")])
-def test_absurd_declared_duration(run: Callable[[str, Path], Measured], hostile_dir: Path, duration_ms: float) -> None:
+@pytest.mark.parametrize("duration_ms", [9e15, 1e12])
+def test_an_absurd_declared_duration_is_measured(
+    run: Callable[[str, Path], Measured], hostile_dir: Path, duration_ms: float
+) -> None:
+    """The header of this 2 s clip claims 285,000 years (or 31 years). Above MAX_VIDEO_SECONDS the file's tail is
+    read (the last packets, no decoding) and the frames' real end is what counts: the 2 s are captioned,
+    with a warning naming both lengths. Refusing by the claim alone would turn a damaged header into a
+    lost job; trusting it would plan frames over a span the file does not have."""
+    path = hm.mkv_duration(hostile_dir / f"duration_{duration_ms}.mkv", hostile_dir, duration_ms)
+    measured = run("absurd duration", path)
+    assert measured.outcome == "ok", measured
+    assert any("but its frames end at 2.0 s; used that" in w for w in measured.warnings), measured
+
+
+@pytest.mark.parametrize("duration_ms", [-5.0, float("nan"), 1e300])
+def test_a_negative_nan_or_unrepresentable_declared_duration_is_ignored(
+    run: Callable[[str, Path], Measured], hostile_dir: Path, duration_ms: float
+) -> None:
+    # FFmpeg drops these itself (1e300 ms overflows its 64-bit microseconds); the packet times give the length.
     path = hm.mkv_duration(hostile_dir / f"duration_{duration_ms}.mkv", hostile_dir, duration_ms)
     assert run("absurd duration", path).outcome == "ok"
+
+
+@pytest.mark.parametrize("duration_ms", [None, 9e15])
+def test_a_video_really_days_long_is_refused(
+    run: Callable[[str, Path], Measured], hostile_dir: Path, duration_ms: float | None
+) -> None:
+    """10 frames 3 days apart (27 days, a 1 kB file), the header true or claiming more: a typed error
+    naming the measured length, before any frame is decoded."""
+    path = hm.frames_days_apart(hostile_dir / "days_apart.mkv", 3 * 86400.0, 10)
+    if duration_ms is not None:
+        path = hm.patch_mkv_duration(path, duration_ms)
+    measured = run("absurd duration", path)
+    assert measured.outcome == "unsupported_input", measured
+    assert "the video is 2332800 s long, above MAX_VIDEO_SECONDS=10800" in measured.message, measured
 
 
 @pytest.mark.parametrize("ticks", [0, 2**31 - 1], ids=["frame_rate_0", "frames_24_days_apart"])

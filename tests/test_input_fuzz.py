@@ -18,7 +18,8 @@ from typing import Any
 import PIL.Image
 import pytest
 from hypothesis import HealthCheck, given, settings
-from runpod.serverless.modules.rp_job import run_job
+from hypothesis import strategies as st
+from runpod.serverless.modules.rp_job import run_job, run_job_generator
 
 from tests.fakes import FakeEngine, FakeEngineSlot, load_tokenizer
 from tests.fuzz import Sources, job_inputs
@@ -27,8 +28,8 @@ from worker.config import Settings
 from worker.errors import ERROR_TYPES
 from worker.pipeline import CaptionService
 from worker.redact import MASK, RedactingFormatter
-from worker.runpod_handler import make_handler
-from worker.schema import CaptionResult
+from worker.runpod_handler import make_handler, make_stream_handler
+from worker.schema import BatchResult, CaptionResult
 
 FUZZ_EXAMPLES = 2000
 pytestmark = pytest.mark.timeout(1200)
@@ -74,6 +75,7 @@ def worker_settings(media_dir: Path, work_dir: Path, **overrides: Any) -> Settin
         download_timeout=3.0,
         max_download_bytes=2 * 1024**2,
         max_base64_bytes=4 * 1024**2,
+        allow_private_urls=True,  # the hostile server is on 127.0.0.1
         **overrides,
     )
 
@@ -199,3 +201,75 @@ def test_secrets_never_in_errors_or_logs_fake_engine(
         assert secret not in log_text
     for secret in url_secrets:  # not even in the raw records, before the formatter masks env secrets
         assert secret not in caplog.text
+
+
+STREAM_EXAMPLES = 500
+# Merged into generated inputs (when they are objects) so the streaming paths get fuzzed too.
+STREAM_OPTIONS: list[dict[str, Any]] = [
+    {},
+    {"stream": True},
+    {"stream": True, "mode": "chunked", "chunk_seconds": 1.0, "combine": "concat"},
+]
+
+
+def run_generator_like_runpod(
+    loop: asyncio.AbstractEventLoop, handler: Callable[..., Any], job_input: Any
+) -> list[dict[str, Any]]:
+    """What runpod-python does with a generator handler (rp_job.run_job_generator; the output RunPod and
+    the local API return is the list of the parts' outputs), each part as JSON the local API would send."""
+
+    async def collect() -> list[dict[str, Any]]:
+        return [part async for part in run_job_generator(handler, {"id": "fuzz-job", "input": job_input})]
+
+    parts = loop.run_until_complete(collect())
+    for part in parts:
+        json.dumps(part, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    return parts
+
+
+def terminal_outcome(parts: list[dict[str, Any]]) -> str:
+    """Exactly one terminal part, the last: every part before it a streamed segment or batch item."""
+    assert parts and all(set(p) == {"output"} for p in parts), parts  # no SDK-level "handler:" error
+    *streamed, last = (p["output"] for p in parts)
+    for part in streamed:
+        assert set(part) in ({"segment", "num_chunks"}, {"item", "result"}), part
+    if "error" in last:
+        return outcome(last)
+    assert not {"segment", "item"} & set(last), last
+    if "results" in last:
+        BatchResult.model_validate(last)
+    else:
+        CaptionResult.model_validate(last)
+        assert "fake caption" in last["caption"], last  # chunked "concat": timestamped segment lines
+    return "ok"
+
+
+def test_fuzzed_inputs_through_the_generator_handler_end_in_one_terminal_part_fake_engine(
+    sources: Sources, tokenizer: Any, media_dir: Path, work_dir: Path, loop: asyncio.AbstractEventLoop
+) -> None:
+    """The handler as RunPod and the local API run it (an async generator): whatever the input, the
+    parts end with exactly one result or error, and nothing after it."""
+    service = CaptionService(worker_settings(media_dir, work_dir), FakeEngineSlot(FakeEngine(tokenizer)))
+    handler = make_stream_handler(service, {}, progress=False)
+    seen: Counter[str] = Counter()
+
+    @settings(max_examples=STREAM_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(job_input=job_inputs(sources), options=st.sampled_from(STREAM_OPTIONS))
+    def one(job_input: Any, options: dict[str, Any]) -> None:
+        if isinstance(job_input, dict):
+            job_input = job_input | options
+        kind = terminal_outcome(run_generator_like_runpod(loop, handler, job_input))
+        assert kind != "internal_error", job_input
+        seen[kind] += 1
+        assert not list(work_dir.iterdir())
+
+    one()
+    # Streams that surely have several parts: 3 one-second segments, then 2 batch items, each then the result.
+    chunked = {"video": sources.good_path, "stream": True, "mode": "chunked", "chunk_seconds": 1.0}
+    parts = run_generator_like_runpod(loop, handler, chunked | {"combine": "concat", "max_frames": 2})
+    assert terminal_outcome(parts) == "ok" and len(parts) > 2, parts
+    batch = {"videos": [sources.good_path, "/nowhere.mp4"], "stream": True, "max_frames": 2}
+    parts = run_generator_like_runpod(loop, handler, batch)
+    assert terminal_outcome(parts) == "ok" and len(parts) == 3, parts
+    print(f"\nfuzz (generator handler, fake engine): {sum(seen.values())} inputs: {dict(sorted(seen.items()))}")
+    assert sum(seen.values()) >= STREAM_EXAMPLES

@@ -71,6 +71,7 @@ def settings(tmp_path: Path) -> Settings:
         max_download_bytes=200_000,
         download_timeout=1.0,
         max_base64_bytes=100_000,
+        allow_private_urls=True,  # the test server is on 127.0.0.1
     )
 
 

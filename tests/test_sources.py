@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import ipaddress
 import os
 import re
+import socket
 import stat
 import sys
 import time
@@ -16,11 +18,12 @@ from typing import Any
 
 import pytest
 
+import worker.media
 from tests.fakes import FakeEngine, FakeEngineSlot, load_tokenizer
-from tests.http_server import GZIP_BOMB_BYTES, gzip_bomb
+from tests.http_server import GZIP_BOMB_BYTES, HostileServer, gzip_bomb, running
 from worker.config import Settings
 from worker.errors import FetchError
-from worker.media import fetch_media, job_workspace
+from worker.media import fetch_media, job_workspace, non_public
 from worker.pipeline import CaptionService
 from worker.schema import MediaSource
 
@@ -31,8 +34,13 @@ pytestmark = pytest.mark.timeout(300)
 
 @pytest.fixture
 def settings(media_dir: Path, work_dir: Path) -> Settings:
+    # The hostile server is on 127.0.0.1; the default, refusing it, has its own tests below.
     return Settings(
-        allowed_media_roots=[media_dir], work_dir=work_dir, download_timeout=2.0, max_download_bytes=1024**2
+        allowed_media_roots=[media_dir],
+        work_dir=work_dir,
+        download_timeout=2.0,
+        max_download_bytes=1024**2,
+        allow_private_urls=True,
     )
 
 
@@ -126,6 +134,134 @@ def test_url_credentials_never_reach_errors(settings: Settings, hostile_server: 
         assert "secret" not in message and "alice" not in message, message
 
 
+# --- private networks (SSRF) --------------------------------------------------------------------------
+
+# 127.0.0.2 stands in for a public host in the tests below: every address this machine can serve from is
+# non-public, so the fake classification names this one loopback address public, and only this one.
+FAKE_PUBLIC_HOST = "127.0.0.2"
+
+
+def fake_non_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    return None if str(address) == FAKE_PUBLIC_HOST else non_public(address)
+
+
+@pytest.fixture
+def default_settings(media_dir: Path, work_dir: Path) -> Settings:
+    """ALLOW_PRIVATE_URLS left at its default."""
+    return Settings(allowed_media_roots=[media_dir], work_dir=work_dir, download_timeout=2.0)
+
+
+@pytest.fixture
+def fake_public_server(clip_for_sources: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HostileServer]:
+    """The hostile server on FAKE_PUBLIC_HOST, which the worker takes for a public address."""
+    monkeypatch.setattr(worker.media, "non_public", fake_non_public)
+    with running(clip_for_sources.read_bytes(), FAKE_PUBLIC_HOST) as server:
+        yield server
+
+
+def test_the_default_is_to_refuse_private_addresses(default_settings: Settings) -> None:
+    assert default_settings.allow_private_urls is False
+
+
+@pytest.mark.parametrize(
+    "url,kind",
+    [
+        ("http://127.0.0.1:{port}/clip.mp4", "loopback"),
+        ("http://localhost:{port}/clip.mp4", "loopback"),
+        ("http://2130706433:{port}/clip.mp4", "loopback"),  # 127.0.0.1 as one decimal number
+        ("http://127.1:{port}/clip.mp4", "loopback"),
+        ("http://[::1]:{port}/clip.mp4", "loopback"),
+        ("http://[::ffff:127.0.0.1]:{port}/clip.mp4", "loopback"),
+        ("http://0.0.0.0:{port}/clip.mp4", "unspecified"),
+        ("http://10.1.2.3/video.mp4", "private"),
+        ("http://172.16.0.1/video.mp4", "private"),
+        ("http://172.31.255.254/video.mp4", "private"),
+        ("http://192.168.1.1/video.mp4", "private"),
+        ("http://100.64.0.1/video.mp4", "private"),  # carrier-grade NAT
+        ("http://169.254.169.254/latest/meta-data/iam/security-credentials/", "link-local"),
+        ("https://[fd00:ec2::254]/latest/meta-data/", "private"),  # AWS's IPv6 metadata address
+        ("http://[fc00::1]/video.mp4", "private"),
+        ("http://[fe80::1]/video.mp4", "link-local"),
+        ("http://[64:ff9b::a9fe:a9fe]/", "link-local"),  # NAT64 form of 169.254.169.254
+    ],
+)
+def test_urls_of_non_public_addresses_are_refused_by_default(
+    default_settings: Settings, hostile_server: str, url: str, kind: str
+) -> None:
+    port = hostile_server.rsplit(":", 1)[1]
+    message = fetch_error(MediaSource("url", url.format(port=port)), default_settings)
+    assert f"resolves to a {kind} address" in message and "ALLOW_PRIVATE_URLS" in message, message
+
+
+def test_a_refused_url_is_never_connected_to(default_settings: Settings, clip_for_sources: Path) -> None:
+    with running(clip_for_sources.read_bytes()) as server:
+        url = f"http://127.0.0.1:{server.server_address[1]}/clip.mp4"
+        assert "refused" in fetch_error(MediaSource("url", url), default_settings)
+        assert server.requests == []
+
+
+@pytest.mark.parametrize(
+    "target,kind",
+    [
+        ("http://127.0.0.1:{port}/clip.mp4", "loopback"),
+        ("http://localhost:{port}/clip.mp4", "loopback"),
+        ("http://169.254.169.254/latest/meta-data/", "link-local"),
+        ("http://[::1]:{port}/clip.mp4", "loopback"),
+    ],
+)
+def test_a_redirect_to_a_non_public_address_is_refused(
+    default_settings: Settings, fake_public_server: HostileServer, hostile_server: str, target: str, kind: str
+) -> None:
+    public = f"http://{FAKE_PUBLIC_HOST}:{fake_public_server.server_address[1]}"
+    # The good clip is there at the loopback target: only the address check stands in the way.
+    location = target.format(port=hostile_server.rsplit(":", 1)[1])
+    message = fetch_error(MediaSource("url", f"{public}/redirect-to?{location}"), default_settings)
+    assert f"resolves to a {kind} address" in message, message
+    assert f"(redirect from {public}/redirect-to)" in message, message
+    assert [path for path, _ in fake_public_server.requests] == [f"/redirect-to?{location}"]
+
+
+def test_public_urls_are_fetched_from_the_address_checked(
+    default_settings: Settings,
+    fake_public_server: HostileServer,
+    clip_for_sources: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """DNS rebinding: the name answers a public address when checked and a loopback one afterwards.
+    The download must go to the address checked, resolving the name once per hop."""
+    port = fake_public_server.server_address[1]
+    real_getaddrinfo = socket.getaddrinfo
+    lookups: list[str] = []
+
+    def fake_rebinding_getaddrinfo(host: str, *args: Any, **kwargs: Any) -> Any:
+        if host == "media.example":
+            lookups.append(host)
+            host = FAKE_PUBLIC_HOST if len(lookups) == 1 else "127.0.0.1"
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake_rebinding_getaddrinfo)
+    # Where the rebound name points: same port, other content.
+    with running(b"internal secret", "127.0.0.1", port) as internal:
+        size, _ = fetch(MediaSource("url", f"http://media.example:{port}/clip.mp4"), default_settings)
+        assert size == clip_for_sources.stat().st_size
+        assert lookups == ["media.example"]
+        assert fake_public_server.requests == [("/clip.mp4", f"media.example:{port}")]
+        # A relative redirect stays on the name, resolved and checked again for the new hop: refused once the
+        # name has rebound.
+        lookups.clear()
+        message = fetch_error(MediaSource("url", f"http://media.example:{port}/redirect"), default_settings)
+        assert f"clip.mp4 (redirect from http://media.example:{port}/redirect) resolves to a loopback" in message
+        assert internal.requests == []
+
+
+def test_a_job_with_a_loopback_url_is_a_fetch_error(
+    tiny_model: Path, default_settings: Settings, hostile_server: str
+) -> None:
+    service = CaptionService(default_settings, FakeEngineSlot(FakeEngine(load_tokenizer(tiny_model))))
+    output = asyncio.run(service.handle({"video": f"{hostile_server}/clip.mp4"}))
+    assert output["error"]["type"] == "fetch_error" and "loopback" in output["error"]["message"], output
+
+
 # --- paths --------------------------------------------------------------------------------------------
 
 
@@ -171,6 +307,67 @@ def test_unreadable_file_is_a_fetch_error(settings: Settings, media_dir: Path) -
         assert "cannot be read" in fetch_error(MediaSource("path", str(path)), settings)
     finally:
         path.unlink()
+
+
+def _swap_in_symlink(path: Path, target: Path) -> None:
+    """Replace ``path`` by a symlink to ``target`` in one rename, as an attacker racing the worker would."""
+    link = path.with_name(path.name + ".swap")
+    link.symlink_to(target, target_is_directory=target.is_dir())
+    link.replace(path)
+
+
+@pytest.fixture
+def swap_case(media_dir: Path, tmp_path: Path, clip_for_sources: Path) -> tuple[Path, Path]:
+    """A clip in a directory under the root, and a secret outside the roots by the same name."""
+    inside = media_dir / f"swap-{tmp_path.name}"
+    inside.mkdir()
+    (inside / "clip.mp4").write_bytes(clip_for_sources.read_bytes())
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "clip.mp4").write_bytes(b"secret outside the media roots")
+    return inside, outside
+
+
+@pytest.mark.parametrize("what", ["file", "directory"])
+def test_a_symlink_swapped_in_between_check_and_open_is_refused(
+    settings: Settings, swap_case: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, what: str
+) -> None:
+    """The race, made certain: a fake os.open swaps the path for a symlink out of the roots right after
+    the checks and before the real open."""
+    inside, outside = swap_case
+    target = inside / "clip.mp4"
+    real_open = os.open
+
+    def fake_os_open_after_swap(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if Path(path) == target:
+            if what == "file":
+                _swap_in_symlink(target, outside / "clip.mp4")
+            else:
+                inside.rename(inside.with_name(inside.name + ".moved"))
+                inside.symlink_to(outside, target_is_directory=True)
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", fake_os_open_after_swap)
+    fds_before = len(os.listdir("/proc/self/fd"))
+    message = fetch_error(MediaSource("path", str(target)), settings)
+    assert "changed while it was being opened" in message, message
+    assert len(os.listdir("/proc/self/fd")) == fds_before  # the refused file was closed
+
+
+def test_a_path_swapped_after_the_open_changes_nothing(
+    settings: Settings, swap_case: tuple[Path, Path], clip_for_sources: Path
+) -> None:
+    inside, outside = swap_case
+    target = inside / "clip.mp4"
+    fds_before = len(os.listdir("/proc/self/fd"))
+    with job_workspace(settings) as workspace:
+        media = fetch_media(MediaSource("path", str(target)), workspace, settings)
+        _swap_in_symlink(target, outside / "clip.mp4")
+        assert target.read_bytes().startswith(b"secret")
+        # Every later read of the job (probe, index, decode: each opens media.path) gets the file checked.
+        assert media.path.read_bytes() == clip_for_sources.read_bytes()
+        assert media.size_bytes == clip_for_sources.stat().st_size
+    assert len(os.listdir("/proc/self/fd")) == fds_before  # closed with the workspace
 
 
 # --- scratch files ------------------------------------------------------------------------------------
@@ -221,7 +418,9 @@ def test_jobs_start_no_process_fake_engine(
     audit: None, tiny_model: Path, media_dir: Path, work_dir: Path, hostile_server: str, clip_for_sources: Path
 ) -> None:
     global _events
-    settings = Settings(allowed_media_roots=[media_dir], work_dir=work_dir, download_timeout=2.0)
+    settings = Settings(
+        allowed_media_roots=[media_dir], work_dir=work_dir, download_timeout=2.0, allow_private_urls=True
+    )
     service = CaptionService(settings, FakeEngineSlot(FakeEngine(load_tokenizer(tiny_model))))
     jobs: list[dict[str, Any]] = [
         {"video": str(clip_for_sources), "process_audio": True},

@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     allowed_media_roots: Annotated[list[Path], NoDecode] = Field(
         default_factory=lambda: [Path(tempfile.gettempdir()), Path("/runpod-volume")]
     )
+    # URLs whose host resolves to a loopback, private, link-local (cloud metadata at 169.254.169.254) or
+    # other non-public address are refused: a caller must not reach the worker's own network through it.
+    # On-prem deployments fetching from their LAN (and tests with local servers) set it true.
+    allow_private_urls: bool = False
     max_download_bytes: int = Field(2 * 1024**3, ge=1)
     download_timeout: float = Field(120.0, gt=0)
     # RunPod caps a request body at 10 MB (/run) and 20 MB (/runsync); decoded base64 beyond that

@@ -2,7 +2,8 @@
 
 Every job gets a private scratch directory (``job_workspace``) that is removed when the job ends, on
 success or failure. Paths given by callers are opened only when they resolve, symlinks included, under
-one of ALLOWED_MEDIA_ROOTS.
+one of ALLOWED_MEDIA_ROOTS; the file is opened once, the opened file is checked, and the job reads that
+open file to the end, so a path changed after the check cannot make it read another.
 """
 
 from __future__ import annotations
@@ -10,8 +11,13 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import errno
+import ipaddress
 import logging
+import os
 import shutil
+import socket
+import stat
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -27,6 +33,8 @@ from worker.schema import MediaSource
 log = logging.getLogger(__name__)
 
 _MAX_REDIRECTS = 5
+# NAT64's well-known prefix embeds an IPv4 address in its last 32 bits (RFC 6052).
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _STALL_SECONDS = 30.0
 # httpx logs every request's full URL at INFO, query string included; presigned URLs carry credentials
 # there. Our own messages name downloads by _safe_url.
@@ -40,14 +48,25 @@ class LocalMedia:
     source: str  # "url", "path" or "base64"
 
 
+# Caller files opened for a job (path sources), by workspace: they stay open until the job's workspace
+# is removed, and the job reads them through /proc/self/fd.
+_open_files: dict[Path, list[int]] = {}
+_open_files_lock = threading.Lock()
+
+
 @contextlib.contextmanager
 def job_workspace(settings: Settings) -> Iterator[Path]:
-    """A fresh private directory for one job's files, always removed afterwards."""
+    """A fresh private directory for one job's files, always removed afterwards (and the caller files
+    opened for the job closed)."""
     settings.work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = Path(tempfile.mkdtemp(prefix="job-", dir=settings.work_dir))
     try:
         yield path
     finally:
+        with _open_files_lock:
+            fds = _open_files.pop(path, [])
+        for fd in fds:
+            os.close(fd)
         shutil.rmtree(path, ignore_errors=True)
 
 
@@ -56,7 +75,7 @@ def fetch_media(source: MediaSource, workspace: Path, settings: Settings) -> Loc
     if source.kind == "base64":
         return _from_base64(source.value, workspace, settings)
     if source.kind == "path":
-        return _from_path(source.value, settings)
+        return _from_path(source.value, workspace, settings)
     return _download(source.value, workspace, settings)
 
 
@@ -79,13 +98,44 @@ def _from_base64(payload: str, workspace: Path, settings: Settings) -> LocalMedi
     return LocalMedia(path=path, size_bytes=len(data), source="base64")
 
 
-def _from_path(raw: str, settings: Settings) -> LocalMedia:
+def _from_path(raw: str, workspace: Path, settings: Settings) -> LocalMedia:
+    """The file at ``raw``, checked and opened once. The name is resolved and checked first (for clear
+    errors), then opened without following a symlink in its last component, and what was opened is
+    checked again: its real path (the kernel's, from /proc/self/fd) the one checked, a regular file. A
+    directory or file swapped for a symlink between the check and the open is refused; one swapped after
+    the open changes nothing, since the job reads the open file (``/proc/self/fd/N``, which opens that
+    very file again whatever its name now points to) until its workspace is removed."""
     try:
         resolved = Path(raw).resolve(strict=True)
     except (OSError, RuntimeError, ValueError):
         # ValueError: an embedded NUL byte. Same message whether it is missing or outside the roots would
         # leak nothing either way, but a caller debugging a typo deserves to know the file is not there.
         raise FetchError(f"file not found: {raw!r}") from None
+    _check_allowed(resolved, raw, settings)
+    try:
+        # O_NONBLOCK: opening a FIFO would otherwise wait for a writer forever.
+        fd = os.open(resolved, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # the file became a symlink since the check
+            raise FetchError(f"path {raw!r} changed while it was being opened; not read") from None
+        raise FetchError(f"file {raw!r} cannot be read: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        # The kernel's name of what was opened: a directory on the way swapped for a symlink since the
+        # check (O_NOFOLLOW guards only the last component) shows here.
+        if Path(os.readlink(f"/proc/self/fd/{fd}")) != resolved:
+            raise FetchError(f"path {raw!r} changed while it was being opened; not read")
+        if not stat.S_ISREG(info.st_mode):
+            raise FetchError(f"not a regular file: {raw!r}")
+    except BaseException:
+        os.close(fd)
+        raise
+    with _open_files_lock:
+        _open_files.setdefault(workspace, []).append(fd)
+    return LocalMedia(path=Path(f"/proc/self/fd/{fd}"), size_bytes=info.st_size, source="path")
+
+
+def _check_allowed(resolved: Path, raw: str, settings: Settings) -> None:
     roots = [root.resolve() for root in settings.allowed_media_roots]
     if not any(resolved.is_relative_to(root) for root in roots):
         raise FetchError(
@@ -95,14 +145,6 @@ def _from_path(raw: str, settings: Settings) -> LocalMedia:
     # WORK_DIR sits under $TMPDIR, a default root: other jobs' files there are never a job's input.
     if resolved.is_relative_to(settings.work_dir.resolve()):
         raise FetchError(f"path {raw!r} is inside the worker's private WORK_DIR")
-    if not resolved.is_file():
-        raise FetchError(f"not a regular file: {raw!r}")
-    try:
-        with resolved.open("rb"):
-            pass
-    except OSError as exc:
-        raise FetchError(f"file {raw!r} cannot be read: {exc.strerror}") from None
-    return LocalMedia(path=resolved, size_bytes=resolved.stat().st_size, source="path")
 
 
 def _download(raw_url: str, workspace: Path, settings: Settings) -> LocalMedia:
@@ -118,6 +160,7 @@ def _download(raw_url: str, workspace: Path, settings: Settings) -> LocalMedia:
     # would expand in memory before any size check.
     headers = {"User-Agent": "video-caption-worker", "Accept-Encoding": "identity"}
     size = 0
+    redirected_from: httpx.URL | None = None
     client = httpx.Client(follow_redirects=False, timeout=httpx.Timeout(stall))
     # httpx has no overall timeout; closing the client from a timer ends whatever read is under way.
     expired = threading.Event()
@@ -126,11 +169,13 @@ def _download(raw_url: str, workspace: Path, settings: Settings) -> LocalMedia:
     watchdog.start()
     try:
         for _ in range(_MAX_REDIRECTS + 1):
-            with client.stream("GET", url, headers=headers) as response:
+            target, extensions = (url, {}) if settings.allow_private_urls else _pinned(url, redirected_from)
+            request_headers = headers | {"Host": url.netloc.decode("ascii")}  # host[:port], no credentials
+            with client.stream("GET", target, headers=request_headers, extensions=extensions) as response:
                 if response.is_redirect:
-                    url = _checked_url(
-                        str(response.url.join(response.headers.get("location", ""))), redirected_from=url
-                    )
+                    # Joined with the URL as given, not the pinned one: a relative Location keeps the host name.
+                    redirected_from = url
+                    url = _checked_url(str(url.join(response.headers.get("location", ""))), redirected_from=url)
                     continue
                 if response.status_code >= 400:
                     raise FetchError(f"download failed: HTTP {response.status_code} from {_safe_url(url)}")
@@ -176,6 +221,57 @@ def _checked_url(raw: str, *, redirected_from: httpx.URL | None = None) -> httpx
     if url.scheme not in ("http", "https") or not host:
         raise FetchError(f"only http(s) URLs with a host are fetched, not {_safe_url(url)}{where}")
     return url
+
+
+def _pinned(url: httpx.URL, redirected_from: httpx.URL | None) -> tuple[httpx.URL, dict[str, str]]:
+    """``url`` with its host resolved once and replaced by that IP, if every address of the name is public,
+    and the request extensions that keep TLS on the name: httpcore's ``sni_hostname`` sets SNI and the
+    name the certificate must match (the Host header carries it for HTTP). Nothing resolves the name again,
+    so a DNS answer that changes between the check and the connection (DNS rebinding) cannot redirect the
+    download. httpx has no resolver hook; pinning through its public request API covers every hop."""
+    host = url.host
+    where = f" (redirect from {_safe_url(redirected_from)})" if redirected_from is not None else ""
+    try:
+        infos = socket.getaddrinfo(host, url.port or (443 if url.scheme == "https" else 80), type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        raise FetchError(f"download failed: cannot resolve the host of {_safe_url(url)}{where}") from None
+    # Every address of the name, not only the one used: a name answering with both is no public host.
+    addresses = [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
+    for address in addresses:
+        kind = non_public(address)
+        if kind is not None:
+            raise FetchError(
+                f"refused: {_safe_url(url)}{where} resolves to a {kind} address; this worker fetches from public "
+                "addresses only (ALLOW_PRIVATE_URLS=true allows private networks)"
+            )
+    try:
+        ipaddress.ip_address(host)
+        extensions = {}
+    except ValueError:
+        extensions = {"sni_hostname": host}
+    return url.copy_with(host=str(addresses[0])), extensions
+
+
+def non_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """Why ``address`` is not a public unicast address (loopback, private, link-local, ...), or None.
+    IPv6 forms that carry an IPv4 address (mapped, 6to4, NAT64) are judged by that address."""
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = address.ipv4_mapped or address.sixtofour
+        if embedded is None and address in _NAT64:
+            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        if embedded is not None:
+            return non_public(embedded)
+    if address.is_loopback:
+        return "loopback"
+    if address.is_link_local:
+        return "link-local"
+    if address.is_unspecified:
+        return "unspecified"
+    if address.is_multicast:
+        return "multicast"
+    if not address.is_global:
+        return "private"
+    return None
 
 
 def _safe_url(url: str | httpx.URL) -> str:

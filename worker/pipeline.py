@@ -26,6 +26,7 @@ import numpy as np
 
 from worker.combine import TimedText, chunk_prompt, group_within_budget, merged, summary_prompt, timeline
 from worker.config import Settings
+from worker.control_tokens import refuse_control_tokens
 from worker.decode import (
     AUDIO_SAMPLE_RATE,
     AudioClip,
@@ -199,6 +200,7 @@ class CaptionService:
     async def _output(self, job: JobContext, started: float) -> dict[str, Any]:
         try:
             engine = await self.engine.acquire()  # before any download: fail fast when there is no engine
+            refuse_control_tokens(job.request, engine.tokenizer)
             schema = job.request.json_schema
             if schema is not None:
                 await asyncio.to_thread(engine.check_json_schema, schema)
