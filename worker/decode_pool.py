@@ -29,14 +29,21 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 from typing import Any
 
 from worker.errors import DecodeError
 
 log = logging.getLogger(__name__)
 
-# Imported once by the fork server, so every decoder process starts with them loaded.
-_PRELOAD = ["worker.decode"]
+# Imported once by the fork server, so every decoder process starts with them loaded: the libraries
+# worker.decode needs (most of its import time), not worker.decode itself. The fork server runs `python -c`
+# in the current directory and, in Python 3.12, ignores the parent's sys.path, so ``worker`` imported there
+# could be another copy on the path (an editable install, another checkout) or none; each process imports
+# it after the initializer below has put this package's folder first.
+_PRELOAD = ["av", "numpy", "PIL.Image"]
+_ROOT = str(Path(__file__).resolve().parent.parent)
+_FIND_WORKER = f"import sys\nif {_ROOT!r} not in sys.path: sys.path.insert(0, {_ROOT!r})"
 
 
 def default_workers() -> int:
@@ -74,7 +81,7 @@ class DecodePool:
     def _current(self) -> ProcessPoolExecutor:
         with self._lock:
             if self._pool is None:
-                self._pool = ProcessPoolExecutor(self.workers, mp_context=self._context)
+                self._pool = self._new(self.workers)
             return self._pool
 
     def _replace(self, broken: ProcessPoolExecutor) -> None:
@@ -122,7 +129,17 @@ class DecodePool:
     def _alone(self) -> ProcessPoolExecutor:
         """A one-process pool for a call that was in a pool when one of its processes died: run there
         again, a crash can only be its own."""
-        return ProcessPoolExecutor(1, mp_context=self._context)
+        return self._new(1)
+
+    def _new(self, workers: int) -> ProcessPoolExecutor:
+        # exec: a builtin, so the initializer crosses to the process by name, before anything of ours.
+        return ProcessPoolExecutor(workers, mp_context=self._context, initializer=exec, initargs=(_FIND_WORKER,))
+
+    def pids(self) -> list[int]:
+        """The decoder processes running now (none with threads)."""
+        with self._lock:
+            pool = self._pool
+        return [] if pool is None else [p.pid for p in list(getattr(pool, "_processes", {}).values())]
 
     def shutdown(self) -> None:
         with self._lock:
