@@ -19,7 +19,7 @@ from tests.fakes import FakeEngine, FakeEngineSlot, load_tokenizer
 from tests.media_factory import make_corrupt
 from worker.config import Settings
 from worker.decode import decode_span, packet_index, probe
-from worker.decode_pool import DecodePool, _portable_call
+from worker.decode_pool import DecodePool, _cgroup_cpu_quota, _portable_call
 from worker.errors import (
     DecodeError,
     EngineError,
@@ -160,3 +160,21 @@ def test_threads_when_decode_workers_is_zero(clip: Path) -> None:
     assert not threads.uses_processes and threads.pids() == []
     assert threads.call(probe, clip).duration == pytest.approx(3.0, abs=0.05)
     assert asyncio.run(threads.run(probe, clip)).width == 320
+
+
+@pytest.mark.parametrize(
+    ("files", "cpus"),
+    [
+        ({"cpu.max": "max 100000\n"}, None),
+        ({"cpu.max": "1600000 100000\n"}, 16.0),
+        ({"cpu.max": "150000 100000\n"}, 1.5),
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({"cpu/cpu.cfs_quota_us": "400000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 4.0),
+        ({}, None),
+    ],
+)
+def test_cgroup_cpu_quota_v1_and_v2(tmp_path: Path, files: dict[str, str], cpus: float | None) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert _cgroup_cpu_quota(tmp_path) == cpus

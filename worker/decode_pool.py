@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import multiprocessing
 import os
 import pickle
@@ -47,8 +48,27 @@ _FIND_WORKER = f"import sys\nif {_ROOT!r} not in sys.path: sys.path.insert(0, {_
 
 
 def default_workers() -> int:
-    """One decoder process per core this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """One decoder process per core this process may use: the cores it may run on, fewer when its cgroup
+    has a CPU quota (containers often see every core of the host but may use only their share)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    return max(1, min(cores, math.ceil(quota))) if quota is not None else cores
+
+
+def _cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """CPUs the cgroup may use (quota / period), None when unlimited or unknown. cgroup v2's ``cpu.max``
+    ("max 100000" or "1600000 100000"), else v1's ``cpu.cfs_quota_us`` (-1: unlimited)."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota_us / period_us if quota_us > 0 and period_us > 0 else None
 
 
 class DecodePool:

@@ -123,9 +123,13 @@ def _exit_cleanly_on_sigterm() -> None:
 
 
 def start_decoders(settings: Settings) -> DecodePool:
-    """The decoder processes, all started now (DECODE_WORKERS; one per core when unset). When they cannot
-    start, the worker decodes in threads rather than not serving at all."""
-    workers = default_workers() if settings.decode_workers is None else settings.decode_workers
+    """The decoder processes, all started now (DECODE_WORKERS; when unset one per usable core, and no more
+    than decodes can run at once: MAX_CONCURRENCY jobs, or MAX_NUM_SEQS chunks and batch items). When they
+    cannot start, the worker decodes in threads rather than not serving at all."""
+    if settings.decode_workers is None:
+        workers = min(default_workers(), max(settings.max_concurrency, settings.max_num_seqs))
+    else:
+        workers = settings.decode_workers
     pool = DecodePool(workers)
     try:
         pool.start()
