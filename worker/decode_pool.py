@@ -78,6 +78,7 @@ class DecodePool:
     def __init__(self, workers: int) -> None:
         self.workers = workers
         self._context = multiprocessing.get_context("forkserver")
+        self._context.set_forkserver_preload(_PRELOAD)  # takes effect when the fork server first starts
         self._lock = threading.Lock()
         self._pool: ProcessPoolExecutor | None = None
         self.replaced = 0  # pools replaced after a process died
@@ -91,7 +92,6 @@ class DecodePool:
         if not self.uses_processes:
             return
         started = time.perf_counter()
-        self._context.set_forkserver_preload(_PRELOAD)
         pool = self._current()
         # A process is started per submitted call while none is idle: one call per worker starts them all.
         for future in [pool.submit(_ready, 0.05) for _ in range(self.workers)]:
