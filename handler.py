@@ -1,9 +1,10 @@
 """RunPod serverless entry point: `python -u handler.py` (see README)."""
 
-import runpod
-
-from worker.runpod_handler import build_worker
-
 if __name__ == "__main__":
-    # vLLM starts its engine process with spawn, which re-imports this module: build only in the parent.
+    # Imported here, not at the top: vLLM's engine process and the decoder processes start with spawn or
+    # a fork server, which re-import this module in every one of them; there it must cost nothing.
+    import runpod
+
+    from worker.runpod_handler import build_worker
+
     runpod.serverless.start(build_worker())

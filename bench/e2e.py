@@ -2,14 +2,18 @@
 the engine alone and with vLLM's own video loader, on one engine in one run.
 
     python bench/e2e.py                                  # 64 clips, concurrency 1,8,32, 7B-shaped dummy model
+    python bench/e2e.py --concurrency 16,32 --variants worker,worker_threads --process-audio true \
+        --family qwen2_5_omni                            # decoder processes vs threads, with the sound
     python bench/e2e.py --model /path/to/model --load-format auto
     python bench/e2e.py --max-num-batched-tokens 8192 --enable-prefix-caching false   # engine knobs
     python bench/e2e.py --model /tmp/tiny --clips 3 --seconds 4 --concurrency 1,2 --serial-clips 2 \\
         --max-model-len 4096 --gpu-memory-utilization 0.25 --enforce-eager       # CPU smoke run
 
 Variants, each at every concurrency (jobs in flight at once):
-- worker:      CaptionService.handle, exactly as the RunPod handler calls it (fetch, probe, plan, decode in a
-               thread, engine); concurrency 1 is "one job at a time";
+- worker:      CaptionService.handle, exactly as the RunPod handler calls it (fetch, probe, plan, decode in
+               the decoder processes, DECODE_WORKERS of them, default one per core; engine); concurrency 1
+               is "one job at a time";
+- worker_threads: the same with DECODE_WORKERS=0: probe and decode in threads of the worker process;
 - engine:      the same clips decoded beforehand by the worker's own code, only AsyncLLM.generate timed:
                the ceiling the worker can reach;
 - vllm_loader: the clip handed to vLLM's own loader as its chat front end does for a file:// video_url
@@ -44,12 +48,16 @@ sys.path.insert(0, str(ROOT))
 from tests.media_factory import make_video
 from worker.compile_cache import configure_compile_caches
 from worker.config import Settings
+from worker.decode import decode_span
+from worker.decode_pool import DecodePool
 from worker.engine import Engine, EngineSlot
 from worker.pipeline import CaptionService, _sampling
+from worker.runpod_handler import start_decoders
 from worker.schema import parse_request
 
 log = logging.getLogger("bench.e2e")
-VARIANTS = ("worker", "engine", "vllm_loader")
+VARIANTS = ("worker", "worker_threads", "engine", "vllm_loader")
+DEFAULT_VARIANTS = ("worker", "engine", "vllm_loader")
 CLIP_VERSION = 1
 
 
@@ -139,13 +147,17 @@ class GpuSampler:
 class Bench:
     def __init__(self, service: CaptionService, engine: Engine, clips: list[Path], args: argparse.Namespace) -> None:
         self.service = service
+        # The same service decoding in threads of this process (DECODE_WORKERS=0), for worker_threads.
+        self.threads_service = CaptionService(service.settings, service.engine, DecodePool(0))
         self.engine = engine
         self.clips = clips
         self.args = args
         self.jobs = [self.job(clip) for clip in clips]
         self.request = parse_request(self.jobs[0], max_frames_limit=service.settings.max_frames_limit)
         self.sampling = _sampling(self.request)
-        self.prompt = engine.adapter.build_prompt(engine.tokenizer, self.request.prompt)
+        self.prompt = engine.adapter.build_prompt(
+            engine.tokenizer, self.request.conversation, "video", self.request.process_audio
+        )
         self.predecoded: list[dict[str, Any]] = []
         self.connector: Any = None
         self.video_processor: str | None = None
@@ -156,15 +168,21 @@ class Bench:
             "fps": self.args.fps,
             "max_frames": self.args.max_frames,
             "max_tokens": self.args.max_tokens,
+            "process_audio": self.args.process_audio,
         }
 
     def predecode(self) -> None:
-        """The worker's own fetch/probe/plan/decode for every clip, then the adapter's engine inputs."""
+        """The worker's own probe/plan/decode for every clip, then the adapter's engine inputs."""
         engine = self.engine
-        for job in self.jobs:
-            request = parse_request(job, max_frames_limit=self.service.settings.max_frames_limit)
-            video = self.service._fetch_and_decode(request, engine)
-            self.predecoded.append(engine.adapter.build_inputs(self.prompt, video.frames, video.probe, None))
+        settings = self.service.settings
+        for clip, job in zip(self.clips, self.jobs, strict=True):
+            request = parse_request(job, max_frames_limit=settings.max_frames_limit)
+            info, plan = self.service._plan_video(clip, request, engine)
+            chunk, window = plan.chunks[0], plan.windows[0]
+            frames, audio = decode_span(
+                clip, info, chunk.timestamps, plan.size, window, max_pixels=settings.max_source_pixels, index=plan.index
+            )
+            self.predecoded.append(engine.adapter.video_inputs(self.prompt, frames, info, chunk.fps_used, audio))
 
     def setup_vllm_loader(self) -> None:
         from vllm.multimodal.media.connector import MediaConnector
@@ -177,8 +195,9 @@ class Bench:
 
     async def one(self, variant: str, i: int) -> dict[str, Any]:
         started = time.perf_counter()
-        if variant == "worker":
-            out = await self.service.handle(self.jobs[i])
+        if variant in ("worker", "worker_threads"):
+            service = self.service if variant == "worker" else self.threads_service
+            out = await service.handle(self.jobs[i])
             if "error" in out:
                 raise RuntimeError(f"clip {i}: {out['error']}")
             meta = out["metadata"]
@@ -256,7 +275,7 @@ def ratios(figures: dict[str, dict[str, Any]], levels: list[int]) -> dict[str, A
         worker = rate("worker", level)
         if worker is None:
             continue
-        for other in ("engine", "vllm_loader"):
+        for other in ("worker_threads", "engine", "vllm_loader"):
             if rate(other, level):
                 out[f"worker_over_{other}_c{level}"] = round(worker / rate(other, level), 3)
         if level != 1 and rate("worker", 1):
@@ -307,7 +326,10 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--height", type=int, default=720)
     parser.add_argument("--concurrency", default="1,8,32")
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"from {','.join(VARIANTS)}")
+    parser.add_argument("--family", default="qwen2_5_vl", help="dummy model family when --model is not given")
+    parser.add_argument("--process-audio", type=_bool, default=False, help="jobs hear the sound (audio models)")
+    parser.add_argument("--decode-workers", type=int, help="DECODE_WORKERS of the worker variant (default: cores)")
     parser.add_argument("--fps", type=float, default=2.0)
     parser.add_argument("--max-frames", type=int, default=60)
     parser.add_argument("--max-tokens", type=int, default=256)
@@ -341,7 +363,7 @@ def main() -> None:
     else:
         from worker.dummy_model import build_dummy_model
 
-        model = str(build_dummy_model(work / f"qwen2_5_vl-{args.size}", "qwen2_5_vl", args.size))
+        model = str(build_dummy_model(work / f"{args.family}-{args.size}", args.family, args.size))
     settings = Settings(
         model_name=model,
         load_format=args.load_format,
@@ -356,6 +378,7 @@ def main() -> None:
         mm_processor_cache_gb=args.mm_processor_cache_gb,
         allowed_media_roots=[args.media_dir],
         work_dir=work / "jobs",
+        decode_workers=args.decode_workers,
     )
     if args.compile_cache_dir:
         # As the handler does at start, before vLLM is imported (nothing above has imported it).
@@ -365,7 +388,7 @@ def main() -> None:
     slot.start(settings)
     engine = slot.get()  # raises with the start-up failure, if any
     start_s = time.perf_counter() - t
-    service = CaptionService(settings, slot)
+    service = CaptionService(settings, slot, start_decoders(settings))
     bench = Bench(service, engine, clips, args)
     if "engine" in variants:
         bench.predecode()
@@ -377,10 +400,16 @@ def main() -> None:
         "bench": "e2e",
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
         "device": _device(),
-        "model": model if args.model else f"qwen2_5_vl {args.size} dummy weights",
+        "model": model if args.model else f"{args.family} {args.size} dummy weights",
+        "decode_workers": service.decoder.workers,
         "load_format": args.load_format,
         "clips": f"{args.clips} x {args.seconds:g} s {args.width}x{args.height} H.264 30 fps + AAC (generated)",
-        "request": {"fps": args.fps, "max_frames": args.max_frames, "max_tokens": args.max_tokens},
+        "request": {
+            "fps": args.fps,
+            "max_frames": args.max_frames,
+            "max_tokens": args.max_tokens,
+            "process_audio": args.process_audio,
+        },
         "engine": {
             "max_model_len": settings.max_model_len,
             "max_num_seqs": settings.max_num_seqs,
@@ -401,6 +430,7 @@ def main() -> None:
     print("RESULT " + json.dumps(result), flush=True)
     # asyncio.run has closed the loop the engine's output task lived on; stop the engine process directly.
     engine.shutdown()
+    service.decoder.shutdown()
 
 
 def _device() -> str:

@@ -1,8 +1,11 @@
 """GPU check of the worker pipeline: engine start time, one job's latency, and jobs/s with N jobs in flight,
 through the same CaptionService the RunPod handler uses, on a 7B-shaped dummy model of one family, for
-each ``process_audio`` setting asked for (side by side on the same engine and clip).
+each ``process_audio`` setting asked for and each decoder (``--decoders``: the worker's decoder processes,
+DECODE_WORKERS of them, and threads of the worker process, DECODE_WORKERS=0), side by side on the same
+engine and clip.
 
     python bench/gpu_check.py --family qwen2_5_omni --process-audio false true   # prints RESULT {json}
+    python bench/gpu_check.py --family qwen2_5_omni --process-audio true --decoders processes threads
 """
 
 from __future__ import annotations
@@ -22,9 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.media_factory import make_video  # noqa: E402
 from worker.config import Settings  # noqa: E402
+from worker.decode_pool import DecodePool  # noqa: E402
 from worker.dummy_model import build_dummy_model  # noqa: E402
 from worker.engine import EngineSlot  # noqa: E402
 from worker.pipeline import CaptionService  # noqa: E402
+from worker.runpod_handler import start_decoders  # noqa: E402
 
 
 def gpu_memory_used_mib() -> int | None:
@@ -38,12 +43,14 @@ def gpu_memory_used_mib() -> int | None:
         return None
 
 
-async def measure_all(service: CaptionService, video: Path, args: argparse.Namespace) -> dict[str, dict]:
+async def measure_all(services: dict[str, CaptionService], video: Path, args: argparse.Namespace) -> dict[str, dict]:
     """One loop for every measurement: the engine's output task lives on the loop that first uses it."""
-    return {
-        f"process_audio={audio}": await measure(service, video, args.concurrency, args.max_tokens, audio)
-        for audio in args.process_audio
-    }
+    figures = {}
+    for audio in args.process_audio:
+        for name, service in services.items():
+            key = f"process_audio={audio}" + (f" decoders={name}" if len(services) > 1 else "")
+            figures[key] = await measure(service, video, args.concurrency, args.max_tokens, audio)
+    return figures
 
 
 async def measure(service: CaptionService, video: Path, concurrency: int, max_tokens: int, audio: bool) -> dict:
@@ -94,6 +101,11 @@ def main() -> None:
         "--process-audio", nargs="+", default=[False], type=lambda v: v.lower() == "true", help="true / false"
     )
     parser.add_argument("--enforce-eager", action="store_true")
+    parser.add_argument(
+        "--decoders", nargs="+", default=["processes"], choices=["processes", "threads"],
+        help="processes: DECODE_WORKERS decoder processes (the worker's default); threads: DECODE_WORKERS=0",
+    )
+    parser.add_argument("--decode-workers", type=int, help="DECODE_WORKERS for --decoders processes (default: cores)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -104,21 +116,23 @@ def main() -> None:
     model = build_dummy_model(work / f"{args.family}-{args.size}", args.family, args.size)
     settings = Settings(
         model_name=str(model), load_format="dummy", enforce_eager=args.enforce_eager,
-        allowed_media_roots=[work], work_dir=work / "jobs",
+        allowed_media_roots=[work], work_dir=work / "jobs", decode_workers=args.decode_workers,
     )
     t = time.perf_counter()
     slot = EngineSlot()
     slot.start(settings)
     start_s = time.perf_counter() - t
     engine = slot.get()  # raises with the start-up failure, if any
-    service = CaptionService(settings, slot)
-    figures = asyncio.run(measure_all(service, video, args))
+    pools = {name: start_decoders(settings) if name == "processes" else DecodePool(0) for name in args.decoders}
+    services = {name: CaptionService(settings, slot, pool) for name, pool in pools.items()}
+    figures = asyncio.run(measure_all(services, video, args))
     result = {
         "model": f"{args.family} {args.size} dummy weights",
         "video": "60 s 1280x720 H.264 30 fps + AAC (generated)",
         "video_generate_s": round(make_s, 1),
         "engine_start_s": round(start_s, 1),
         "enforce_eager": args.enforce_eager,
+        "decode_workers": {name: pool.workers for name, pool in pools.items()},
         "max_model_len": settings.max_model_len,
         "max_tokens": args.max_tokens,
         "gpu_memory_used_mib": gpu_memory_used_mib(),
@@ -128,6 +142,8 @@ def main() -> None:
     # asyncio.run has closed the loop the engine's output task lived on, so the slot reports it stopped;
     # shut the engine process down directly.
     engine.shutdown()
+    for pool in pools.values():
+        pool.shutdown()
 
 
 if __name__ == "__main__":

@@ -41,6 +41,9 @@ class FakeEngine:
     def shutdown(self) -> None:
         self.shut_down = True
 
+    def warm_up(self) -> bool:
+        return True
+
     async def generate(self, inputs: dict[str, Any], sampling: dict[str, Any], request_id: str) -> Generation:
         self.requests += 1
         if self.fail_with is not None:

@@ -99,7 +99,7 @@ def test_each_chunk_is_decoded_once_seeking_to_it(
 ) -> None:
     calls: list[list[float]] = []
     indexed: list[Path] = []
-    real_decode, real_index = worker.pipeline.decode_frames, worker.decode._packet_index
+    real_decode, real_index = worker.decode.decode_frames, worker.decode._packet_index
 
     def decode_spy(path: Path, info: Any, timestamps: list[float], size: tuple[int, int], **kwargs: Any) -> Any:
         calls.append(list(timestamps))
@@ -109,7 +109,7 @@ def test_each_chunk_is_decoded_once_seeking_to_it(
         indexed.append(path)
         return real_index(path, *args)
 
-    monkeypatch.setattr(worker.pipeline, "decode_frames", decode_spy)
+    monkeypatch.setattr(worker.decode, "decode_frames", decode_spy)
     monkeypatch.setattr(worker.decode, "_packet_index", index_spy)
     out = run(service(engine, media_dir, work_dir), {"video": str(long_clip), **CHUNKED})[-1]
     assert calls == [s["frame_timestamps"] for s in out["segments"]]
@@ -203,7 +203,7 @@ def test_prompts_the_worker_builds_may_exceed_the_callers_length_limit(
 def test_duration_cap_is_checked_before_decoding(
     engine: RecordingFakeEngine, long_clip: Path, media_dir: Path, work_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(worker.pipeline, "decode_frames", lambda *a: pytest.fail("decoded a video over the cap"))
+    monkeypatch.setattr(worker.decode, "decode_frames", lambda *a: pytest.fail("decoded a video over the cap"))
     out = run(service(engine, media_dir, work_dir, max_video_seconds=60), {"video": str(long_clip)})[-1]
     assert out["error"]["type"] == "unsupported_input"
     assert "100 s long, above MAX_VIDEO_SECONDS=60" in out["error"]["message"]
@@ -334,13 +334,13 @@ def test_frames_in_memory_are_bounded_by_max_num_seqs(
 ) -> None:
     """A chunk is decoded only when one of MAX_NUM_SEQS slots is free; slots are shared by all jobs."""
     decoded: list[float] = []
-    real = worker.pipeline.decode_frames
+    real = worker.decode.decode_frames
 
     def spy(path: Path, info: Any, timestamps: list[float], size: tuple[int, int], **kwargs: Any) -> Any:
         decoded.append(timestamps[0])
         return real(path, info, timestamps, size, **kwargs)
 
-    monkeypatch.setattr(worker.pipeline, "decode_frames", spy)
+    monkeypatch.setattr(worker.decode, "decode_frames", spy)
     released = asyncio.Event()
 
     async def hold(request: FakeRequest) -> None:

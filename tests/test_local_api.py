@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,10 +23,26 @@ pytestmark = pytest.mark.timeout(900)
 
 
 @pytest.fixture(scope="module")
-def api(worker_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    # SIGTERM to the worker alone must also stop the engine processes it started (serve_api asserts it).
-    with serve_api(worker_env, tmp_path_factory.mktemp("logs") / "api.log") as url:
+def api_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("logs") / "api.log"
+
+
+@pytest.fixture(scope="module")
+def api(worker_env: dict[str, str], api_log: Path) -> Iterator[str]:
+    # SIGTERM to the worker alone must also stop the engine and decoder processes it started (serve_api
+    # asserts it: nothing of its session is left).
+    with serve_api(worker_env, api_log) as url:
         yield url
+
+
+def test_cold_start_warms_up_the_engine_and_starts_the_decoders(api: str, api_log: Path) -> None:
+    """What vLLM would build on the first request (the HF processor, the chat template) is built before the
+    worker serves, and the decoder processes (one per core) are running."""
+    log = api_log.read_text()
+    assert "Multi-modal warmup completed" in log  # vLLM's own line: its processor ran on dummy inputs
+    assert "engine warmed up in" in log and "engine warm-up failed" not in log
+    assert f"{len(os.sched_getaffinity(0))} decoder processes ready" in log
+    assert log.index("engine warmed up in") < log.index("Uvicorn running")
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ import worker.media
 from tests.fakes import FakeEngine, FakeEngineSlot, load_tokenizer
 from tests.http_server import GZIP_BOMB_BYTES, HostileServer, gzip_bomb, running
 from worker.config import Settings
+from worker.decode_pool import DecodePool
 from worker.errors import FetchError
 from worker.media import fetch_media, job_workspace, non_public
 from worker.pipeline import CaptionService
@@ -404,24 +405,37 @@ def audit() -> Iterator[None]:
 def test_no_worker_module_can_start_a_process() -> None:
     banned_modules = {"subprocess", "pty", "multiprocessing"}
     banned_calls = {"system", "popen", "execv", "execve", "execvp", "spawnv", "posix_spawn", "fork", "startfile"}
+    # The one exception: the decoder processes, started at cold start from a fork server with a fixed
+    # command line; they run the worker's own decode functions, never a command built from a job.
+    allowed = {ROOT / "worker" / "decode_pool.py": {"multiprocessing"}}
     for path in sorted((ROOT / "worker").rglob("*.py")):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.Import | ast.ImportFrom):
                 names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
-                assert not banned_modules & {n.split(".")[0] for n in names}, (path, ast.dump(node))
+                roots = {n.split(".")[0] for n in names} - allowed.get(path, set())
+                assert not banned_modules & roots, (path, ast.dump(node))
             if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "os":
                 assert node.attr not in banned_calls, (path, node.attr)
 
 
+@pytest.mark.parametrize("decode_workers", [0, 2], ids=["threads", "decoder_processes"])
 def test_jobs_start_no_process_fake_engine(
-    audit: None, tiny_model: Path, media_dir: Path, work_dir: Path, hostile_server: str, clip_for_sources: Path
+    audit: None,
+    tiny_model: Path,
+    media_dir: Path,
+    work_dir: Path,
+    hostile_server: str,
+    clip_for_sources: Path,
+    decode_workers: int,
 ) -> None:
     global _events
     settings = Settings(
         allowed_media_roots=[media_dir], work_dir=work_dir, download_timeout=2.0, allow_private_urls=True
     )
-    service = CaptionService(settings, FakeEngineSlot(FakeEngine(load_tokenizer(tiny_model))))
+    decoders = DecodePool(decode_workers)
+    decoders.start()  # at cold start, before any job: jobs themselves start nothing
+    service = CaptionService(settings, FakeEngineSlot(FakeEngine(load_tokenizer(tiny_model))), decoders)
     jobs: list[dict[str, Any]] = [
         {"video": str(clip_for_sources), "process_audio": True},
         {"video": f"{hostile_server}/redirect"},
@@ -439,6 +453,7 @@ def test_jobs_start_no_process_fake_engine(
     finally:
         recorded, _events = _events, None
         loop.close()
+        decoders.shutdown()
     assert recorded == [], recorded
     assert "caption" in outputs[0] and "caption" in outputs[1] and "caption" in outputs[-1]
     assert all("error" in out for out in outputs[2:-1])

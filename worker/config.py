@@ -47,6 +47,8 @@ class Settings(BaseSettings):
 
     # Serving
     max_concurrency: int = Field(8, ge=1, le=256)
+    # Decoder processes (worker/decode_pool.py); unset: one per core; 0: decode in threads of the worker.
+    decode_workers: int | None = Field(None, ge=0, le=256)
     debug: bool = False
 
     # Request limits

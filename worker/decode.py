@@ -444,6 +444,26 @@ def _cut(samples: np.ndarray, origin: float, start: float, end: float | None) ->
     return np.ascontiguousarray(samples[first : max(first, last)])
 
 
+def decode_span(
+    path: Path,
+    probe_result: Probe,
+    timestamps: list[float],
+    size: tuple[int, int],
+    audio_window: tuple[float, float] | None,
+    *,
+    max_pixels: int = DEFAULT_MAX_SOURCE_PIXELS,
+    index: PacketIndex | None = None,
+) -> tuple[DecodedFrames, AudioClip | None]:
+    """``decode_frames`` and, with ``audio_window`` = (start, end), ``decode_audio`` over it: all one
+    request needs, in one call (one round trip to a decoder process)."""
+    frames = decode_frames(path, probe_result, timestamps, size, max_pixels=max_pixels, index=index)
+    if audio_window is None:
+        return frames, None
+    start, end = audio_window
+    audio = decode_audio(path, start=start, end=end, video_start=probe_result.start_time, max_pixels=max_pixels)
+    return frames, audio
+
+
 @dataclass(frozen=True)
 class ImageInfo:
     width: int  # as displayed, after EXIF orientation

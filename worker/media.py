@@ -49,7 +49,8 @@ class LocalMedia:
 
 
 # Caller files opened for a job (path sources), by workspace: they stay open until the job's workspace
-# is removed, and the job reads them through /proc/self/fd.
+# is removed, and the job reads them through /proc/<worker pid>/fd (not /proc/self: decoder processes read
+# them too, and /proc/self there is their own fd table).
 _open_files: dict[Path, list[int]] = {}
 _open_files_lock = threading.Lock()
 
@@ -103,8 +104,9 @@ def _from_path(raw: str, workspace: Path, settings: Settings) -> LocalMedia:
     errors), then opened without following a symlink in its last component, and what was opened is
     checked again: its real path (the kernel's, from /proc/self/fd) the one checked, a regular file. A
     directory or file swapped for a symlink between the check and the open is refused; one swapped after
-    the open changes nothing, since the job reads the open file (``/proc/self/fd/N``, which opens that
-    very file again whatever its name now points to) until its workspace is removed."""
+    the open changes nothing, since the job reads the open file (``/proc/<pid>/fd/N``, which opens that
+    very file again whatever its name now points to, from the worker or its decoder processes) until its
+    workspace is removed."""
     try:
         resolved = Path(raw).resolve(strict=True)
     except (OSError, RuntimeError, ValueError):
@@ -132,7 +134,7 @@ def _from_path(raw: str, workspace: Path, settings: Settings) -> LocalMedia:
         raise
     with _open_files_lock:
         _open_files.setdefault(workspace, []).append(fd)
-    return LocalMedia(path=Path(f"/proc/self/fd/{fd}"), size_bytes=info.st_size, source="path")
+    return LocalMedia(path=Path(f"/proc/{os.getpid()}/fd/{fd}"), size_bytes=info.st_size, source="path")
 
 
 def _check_allowed(resolved: Path, raw: str, settings: Settings) -> None:

@@ -4,8 +4,9 @@ A job brings one medium or several (``videos``/``images``); a video is captioned
 "single") or in chunks of ``chunk_seconds`` ("chunked"), each chunk its own engine request, and the
 segment captions are combined by a text-only summary request or joined. All engine requests of a job are
 in flight together so vLLM batches them; decoding the next chunk overlaps the inference of the previous
-ones. Blocking steps (fetch, probe, decode, tokenizing) run in worker threads so the event loop keeps
-feeding the engine meanwhile; PyAV, Pillow and httpx release the GIL while they work.
+ones. Blocking steps run off the event loop so it keeps feeding the engine meanwhile: probing and
+decoding videos in decoder processes (worker/decode_pool.py: in threads they contend for the GIL under
+load), fetching, images and tokenizing in threads (httpx and Pillow release the GIL while they work).
 """
 
 from __future__ import annotations
@@ -34,14 +35,14 @@ from worker.decode import (
     ImageInfo,
     PacketIndex,
     Probe,
-    decode_audio,
-    decode_frames,
     decode_image,
+    decode_span,
     measured_end,
     packet_index,
     probe,
     probe_image,
 )
+from worker.decode_pool import DecodePool
 from worker.engine import Engine, EngineSlot, Generation
 from worker.errors import DecodeError, UnsupportedInputError, WorkerError, error_payload
 from worker.frame_plan import ChunkPlan, audio_window, fit_frame_size, plan_chunks, plan_timestamps
@@ -142,9 +143,11 @@ def _no_progress(update: dict[str, Any]) -> None:
 
 
 class CaptionService:
-    def __init__(self, settings: Settings, engine: EngineSlot) -> None:
+    def __init__(self, settings: Settings, engine: EngineSlot, decoder: DecodePool | None = None) -> None:
         self.settings = settings
         self.engine = engine
+        # Probing and decoding: decoder processes (the worker's, DECODE_WORKERS), else threads of this one.
+        self.decoder = decoder or DecodePool(0)
         # Chunks and batch items of all jobs together: at most MAX_NUM_SEQS decoded or in the engine at once
         # (vLLM runs no more at a time; more would only hold frames in memory). A plain job has one
         # request and MAX_CONCURRENCY bounds those.
@@ -334,7 +337,7 @@ class CaptionService:
                     # Taken before decoding: frames wait in memory only for a free engine slot.
                     await job.slots.acquire()
                     try:
-                        decoded = await asyncio.to_thread(self._decode_chunk, media.path, info, chunk, window, plan)
+                        decoded = await self._decode_chunk(media.path, info, chunk, window, plan)
                         decode_seconds += decoded.decode_seconds
                         if decoded.audio is not None and engine.adapter.audio_tokens(len(decoded.audio.samples)) == 0:
                             notes.append("process_audio: the sound over the sampled span is too short to be heard")
@@ -602,12 +605,12 @@ class CaptionService:
 
     def _plan_video(self, path: Path, request: CaptionRequest, engine: Engine) -> tuple[Probe, VideoPlan]:
         """Blocking: probe, check the duration, plan the chunks, their sound and the frame size."""
-        info = probe(path, max_pixels=self.settings.max_source_pixels)
+        info = self.decoder.call(probe, path, max_pixels=self.settings.max_source_pixels)
         warnings: list[str] = []
         cap = self.settings.max_video_seconds
         if info.duration > cap:
             # Headers can claim anything (a damaged or hostile file says 285,000 years): the packets decide.
-            end = measured_end(path, info, max_pixels=self.settings.max_source_pixels)
+            end = self.decoder.call(measured_end, path, info, max_pixels=self.settings.max_source_pixels)
             if end > cap:
                 raise UnsupportedInputError(
                     f"the video is {end:.0f} s long, above MAX_VIDEO_SECONDS={cap:g} of this deployment"
@@ -659,21 +662,24 @@ class CaptionService:
                 f"{exc.message} (the {longest:.1f} s of audio take {audio_tokens} tokens; "
                 "process_audio false frees them)"
             ) from exc
-        index = packet_index(path, info, max_pixels=self.settings.max_source_pixels)
+        index = self.decoder.call(packet_index, path, info, max_pixels=self.settings.max_source_pixels)
         return info, VideoPlan(chunks, windows, size, list(dict.fromkeys(warnings)), index)
 
-    def _decode_chunk(
+    async def _decode_chunk(
         self, path: Path, info: Probe, chunk: ChunkPlan, window: tuple[float, float] | None, plan: VideoPlan
     ) -> ChunkMedia:
-        """Blocking: one chunk's frames (seeking to it) and its sound."""
+        """One chunk's frames (seeking to it) and its sound."""
         started = time.perf_counter()
-        max_pixels = self.settings.max_source_pixels
-        frames = decode_frames(path, info, chunk.timestamps, plan.size, max_pixels=max_pixels, index=plan.index)
-        audio = None
-        if window:
-            audio = decode_audio(
-                path, start=window[0], end=window[1], video_start=info.start_time, max_pixels=max_pixels
-            )
+        frames, audio = await self.decoder.run(
+            decode_span,
+            path,
+            info,
+            chunk.timestamps,
+            plan.size,
+            window or None,
+            max_pixels=self.settings.max_source_pixels,
+            index=plan.index,
+        )
         return ChunkMedia(frames, audio, time.perf_counter() - started)
 
     def _audio_window(

@@ -32,6 +32,7 @@ from typing import Any
 
 from worker.compile_cache import configure_compile_caches
 from worker.config import Settings, get_settings
+from worker.decode_pool import DecodePool, default_workers
 from worker.engine import EngineSlot
 from worker.pipeline import CaptionService, Progress
 from worker.redact import RedactingFormatter
@@ -121,6 +122,24 @@ def _exit_cleanly_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, stop)
 
 
+def start_decoders(settings: Settings) -> DecodePool:
+    """The decoder processes, all started now (DECODE_WORKERS; when unset one per usable core, and no more
+    than decodes can run at once: MAX_CONCURRENCY jobs, or MAX_NUM_SEQS chunks and batch items). When they
+    cannot start, the worker decodes in threads rather than not serving at all."""
+    if settings.decode_workers is None:
+        workers = min(default_workers(), max(settings.max_concurrency, settings.max_num_seqs))
+    else:
+        workers = settings.decode_workers
+    pool = DecodePool(workers)
+    try:
+        pool.start()
+    except Exception:
+        log.exception("decoder processes failed to start; decoding in threads of the worker process instead")
+        pool.shutdown()
+        return DecodePool(0)
+    return pool
+
+
 def build_worker(settings: Settings | None = None) -> dict[str, Any]:
     """Everything ``runpod.serverless.start`` needs. Builds the engine now, at cold start, once."""
     settings = settings or get_settings()
@@ -130,9 +149,10 @@ def build_worker(settings: Settings | None = None) -> dict[str, Any]:
     _exit_cleanly_on_sigterm()
     # Before the engine imports vLLM and torch, which read the cache locations at import.
     configure_compile_caches(settings.compile_cache_dir)
+    decoder = start_decoders(settings)
     slot = EngineSlot()
     slot.start(settings)
-    service = CaptionService(settings, slot)
+    service = CaptionService(settings, slot, decoder)
     config: dict[str, Any] = {
         # /run, /runsync and /status give the list of everything the generator yielded, the result last.
         "return_aggregate_stream": True,
