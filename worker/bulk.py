@@ -443,7 +443,7 @@ def _reap_group(child: subprocess.Popen[bytes]) -> None:
         os.killpg(child.pid, signal.SIGKILL)
 
 
-def _tail_of(path: Path, lines: int = 30) -> str:
+def _tail_of(path: Path, lines: int = 5) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
