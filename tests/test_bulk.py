@@ -60,12 +60,13 @@ def build_manifest(folder: Path) -> tuple[Path, dict[str, str | None]]:
     rows.append(json.dumps({"id": 7, "path": "clip01.mp4", "fps": 99}))  # integer keys are fine
     rows.append(json.dumps({"id": "typo", "path": "clip01.mp4", "colour": "red"}))
     rows.append(json.dumps({"id": "no-video", "prompt": "hi"}))
+    rows.append(json.dumps({"id": "no-tokens", "path": "clip02.mp4", "max_tokens": 0}))
     expected |= {"missing": "fetch_error", "outside": "fetch_error", "7": "validation_error"}
-    expected |= {"typo": "validation_error", "no-video": "validation_error"}
-    rows.append("{not json")  # manifest line 46 (a blank line follows line 25)
+    expected |= {"typo": "validation_error", "no-video": "validation_error", "no-tokens": "validation_error"}
+    rows.append("{not json")  # manifest line 47 (a blank line follows line 25)
     rows.append(json.dumps(["a", "list"]))
-    assert len(rows) == 46
-    expected |= {"line:46": "validation_error", "line:47": "validation_error"}
+    assert len(rows) == 47
+    expected |= {"line:47": "validation_error", "line:48": "validation_error"}
     rows.append(json.dumps({"path": str(folder / "clip05.mp4")}))  # keyed by its path
     expected[str(folder / "clip05.mp4")] = None
     rows.append(json.dumps({"id": "clip00", "path": "clip09.mp4"}))  # repeated keys: captioned once
@@ -158,7 +159,7 @@ def test_killed_run_resumes_with_every_key_once(
     assert records["clip00"]["line"] == 1 and records["clip00"]["result"]["metadata"]["video"]["duration"] > 0
     assert records["7"]["id"] == 7 and "fps" in records["7"]["error"]["message"]
     assert "outside the allowed media roots" in records["outside"]["error"]["message"]
-    assert set(records["line:46"]) == {"id", "line", "error"} and "not JSON" in records["line:46"]["error"]["message"]
+    assert set(records["line:47"]) == {"id", "line", "error"} and "not JSON" in records["line:47"]["error"]["message"]
 
     # 3. Nothing left: a rerun starts no engine and writes nothing.
     before = output.read_bytes()
@@ -235,3 +236,26 @@ def test_client_mode_stops_on_a_refused_endpoint(worker_env: dict[str, str], tmp
     )
     assert run.returncode == 1 and "left for the next run" in run.stderr and "1 keys left" in run.stderr, run.stderr
     assert output.read_bytes() == b""
+
+
+def test_an_engine_that_cannot_start_writes_nothing(
+    dataset: tuple[Path, dict[str, str | None]], worker_env: dict[str, str], tmp_path: Path
+) -> None:
+    # Every key stays for the rerun: an engine failure is never a line's outcome.
+    manifest, expected = dataset
+    output = tmp_path / "out.jsonl"
+    env = worker_env | {"MODEL_NAME": str(tmp_path / "no-such-model")}
+    run = subprocess.run(
+        bulk("--input", str(manifest), "--output", str(output), "--gpus", "2"),
+        check=False,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert "engine process 0 exited with 1" in run.stderr and "engine process 1 exited with 1" in run.stderr
+    assert "the inference engine failed to start" in run.stderr and "no-such-model" in run.stderr
+    assert f"{len(expected)} keys left; rerun the same command" in run.stderr
+    assert output.read_bytes() == b"" and leftover_shards(output) == []
