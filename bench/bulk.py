@@ -63,12 +63,14 @@ def _clip(folder: Path, seconds: float, seed: int) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--gpus", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--videos", type=int, default=96)
-    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--videos", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--family", default="qwen2_5_vl")
     parser.add_argument("--size", default="7b")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--concurrency", type=int, default=16, help="jobs in flight per engine process")
+    # No torch.compile or CUDA graphs: each engine starts in about a minute instead of several.
+    parser.add_argument("--enforce-eager", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -83,6 +85,8 @@ def main() -> None:
     manifest.write_text("".join(json.dumps({"id": p.stem, "video": f"clips/{p.name}"}) + "\n" for p in paths))
     model = build_dummy_model(work / f"{args.family}-{args.size}", args.family, args.size)
     env = dict(os.environ, MODEL_NAME=str(model), LOAD_FORMAT="dummy", WORK_DIR=str(work / "jobs"))
+    if args.enforce_eager:
+        env["ENFORCE_EAGER"] = "true"
     runs = [run(gpus, manifest, work, env, args) for gpus in args.gpus]
     base = runs[0]["videos_per_s_after_first"]
     for r in runs:
@@ -93,6 +97,7 @@ def main() -> None:
         "video_generate_s": round(generate_s, 1),
         "max_tokens": args.max_tokens,
         "concurrency_per_engine": args.concurrency,
+        "enforce_eager": args.enforce_eager,
         "runs": runs,
     }
     print("RESULT " + json.dumps(result), flush=True)
