@@ -71,6 +71,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16, help="jobs in flight per engine process")
     # No torch.compile or CUDA graphs: each engine starts in about a minute instead of several.
     parser.add_argument("--enforce-eager", action="store_true")
+    parser.add_argument("--out", type=Path, help="also write the RESULT json to this file")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -101,6 +102,8 @@ def main() -> None:
         "runs": runs,
     }
     print("RESULT " + json.dumps(result), flush=True)
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":
