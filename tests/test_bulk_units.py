@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker.bulk import device_groups, record
+from worker.bulk import device_groups, record, visible_gpus
 from worker.bulk_client import Fatal, Transient, caption, final_output, send, structured_error
 from worker.bulk_output import (
     OutputFileError,
@@ -123,11 +123,16 @@ def test_sharding_is_stable_across_processes_and_spreads_keys() -> None:
 
 
 def test_device_groups() -> None:
+    assert device_groups(1, 1, None) == [""] and device_groups(1, 2, "4,5") == ["4,5"]
     assert device_groups(2, 1, None) == ["0", "1"]
     assert device_groups(2, 1, "3,5,7") == ["3", "5"]
     assert device_groups(2, 2, "0,1,2,3") == ["0,1", "2,3"]
     with pytest.raises(SystemExit, match="needs 4 devices"):
         device_groups(2, 2, "0,1")
+
+
+def test_visible_gpus() -> None:
+    assert visible_gpus("0,1") == 2 and visible_gpus("") == 0 and visible_gpus("3") == 1
 
 
 # --- output file ------------------------------------------------------------------------------------

@@ -67,7 +67,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--defaults", type=_json_object, default={}, help="job input fields for every line, e.g. '{\"fps\": 2}'"
     )
-    parser.add_argument("--gpus", type=int, default=1, help="engine processes, one per GPU (default: 1)")
+    parser.add_argument(
+        "--gpus", type=int, default=None, help="engine processes, one per GPU (default: every visible GPU, else 1)"
+    )
     parser.add_argument(
         "--concurrency", type=int, default=None, help="jobs in flight per engine (default: MAX_CONCURRENCY)"
     )
@@ -90,7 +92,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--worker-shard", help=argparse.SUPPRESS)
     parser.add_argument("--supervisor-pid", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.gpus < 1:
+    if args.gpus is not None and args.gpus < 1:
         parser.error("--gpus must be at least 1")
     if args.concurrency is not None and args.concurrency < 1:
         parser.error("--concurrency must be at least 1")
@@ -257,10 +259,23 @@ def _die_with_parent(supervisor: int) -> None:
         raise SystemExit(128 + signal.SIGTERM)
 
 
+def visible_gpus(visible: str | None) -> int:
+    """GPUs this process may use: CUDA_VISIBLE_DEVICES when set, else what nvidia-smi lists (0 without)."""
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip()])
+    try:
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(line.startswith("GPU ") for line in listing.stdout.splitlines())
+
+
 def device_groups(count: int, per_engine: int, visible: str | None) -> list[str]:
     """``CUDA_VISIBLE_DEVICES`` for each engine process: consecutive groups of ``per_engine`` devices
     (TENSOR_PARALLEL_SIZE) out of the ones this process may use."""
     devices = [d.strip() for d in visible.split(",") if d.strip()] if visible else None
+    if count == 1:
+        return [visible or ""]  # one engine: the environment as it is
     needed = count * per_engine
     if devices is not None and len(devices) < needed:
         raise SystemExit(
@@ -320,12 +335,16 @@ def supervise(args: argparse.Namespace) -> int:
         return 0
 
     settings = get_settings()
-    groups = device_groups(args.gpus, settings.tensor_parallel_size, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if args.gpus is None:
+        args.gpus = max(1, visible_gpus(visible) // settings.tensor_parallel_size)
+    groups = device_groups(args.gpus, settings.tensor_parallel_size, visible)
     targets = [args.output] if args.gpus == 1 else [shard_path(args.output, i, args.gpus) for i in range(args.gpus)]
     tails = [Tail(path) for path in targets]
     logs = [args.output.with_name(f"{args.output.name}.worker-{i}.log") for i in range(args.gpus)]
     children = [_start_worker(args, i, group, logs[i]) for i, group in enumerate(groups)]
-    log.info("%d engine processes started (logs: %s)", len(children), ", ".join(map(str, logs)))
+    where = f" on CUDA_VISIBLE_DEVICES {', '.join(groups)}" if args.gpus > 1 else ""
+    log.info("%d engine process(es) started%s; logs: %s", len(children), where, ", ".join(map(str, logs)))
 
     interrupted = False
 
@@ -413,7 +432,7 @@ def _start_worker(args: argparse.Namespace, index: int, devices: str, log_path: 
     for root in args.media_root:
         argv += ["--media-root", str(root)]
     env = dict(os.environ)
-    if args.gpus > 1 or "CUDA_VISIBLE_DEVICES" in env:
+    if args.gpus > 1:
         env["CUDA_VISIBLE_DEVICES"] = devices
     with log_path.open("ab") as out:
         # Own process group: the supervisor can stop the engine's helper processes with it when a worker
