@@ -302,3 +302,21 @@ def test_engine_errors_are_left_for_the_next_run() -> None:
     client, _ = fake_endpoint([(200, {"status": "FAILED", "error": json.dumps(engine)})])
     with pytest.raises(Transient, match="engine failed"):
         asyncio.run(caption(client, "http://x", {"video": "/a"}, retries=1))
+
+
+def test_a_second_run_on_the_same_output_is_refused(tmp_path: Path) -> None:
+    import fcntl
+    import subprocess
+    import sys
+
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"id": "a", "video": "/tmp/a.mp4"}) + "\n")
+    output = tmp_path / "out.jsonl"
+    with (tmp_path / "out.jsonl.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a run in progress holds it
+        command = [sys.executable, "-m", "worker.bulk", "--input", str(manifest), "--output", str(output)]
+        run = subprocess.run(
+            [*command, "--endpoint", "http://127.0.0.1:9"], check=False, capture_output=True, text=True, timeout=120
+        )
+    assert run.returncode == 2 and "another bulk run is writing" in run.stderr, run.stderr
+    assert not output.exists()

@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
+import fcntl
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -305,7 +306,7 @@ class Tail:
         return lines
 
 
-def supervise(args: argparse.Namespace) -> int:
+def supervise(args: argparse.Namespace, lock: int) -> int:
     from worker.config import get_settings
 
     try:
@@ -342,7 +343,7 @@ def supervise(args: argparse.Namespace) -> int:
     targets = [args.output] if args.gpus == 1 else [shard_path(args.output, i, args.gpus) for i in range(args.gpus)]
     tails = [Tail(path) for path in targets]
     logs = [args.output.with_name(f"{args.output.name}.worker-{i}.log") for i in range(args.gpus)]
-    children = [_start_worker(args, i, group, logs[i]) for i, group in enumerate(groups)]
+    children = [_start_worker(args, i, group, logs[i], lock) for i, group in enumerate(groups)]
     where = f" on CUDA_VISIBLE_DEVICES {', '.join(groups)}" if args.gpus > 1 else ""
     log.info("%d engine process(es) started%s; logs: %s", len(children), where, ", ".join(map(str, logs)))
 
@@ -405,7 +406,9 @@ def supervise(args: argparse.Namespace) -> int:
     return EXIT_UNFINISHED if left else 0
 
 
-def _start_worker(args: argparse.Namespace, index: int, devices: str, log_path: Path) -> subprocess.Popen[bytes]:
+def _start_worker(
+    args: argparse.Namespace, index: int, devices: str, log_path: Path, lock: int
+) -> subprocess.Popen[bytes]:
     argv = [
         sys.executable,
         "-m",
@@ -444,6 +447,7 @@ def _start_worker(args: argparse.Namespace, index: int, devices: str, log_path: 
             stdout=out,
             stderr=subprocess.STDOUT,
             process_group=0,
+            pass_fds=(lock,),
         )
 
 
@@ -476,16 +480,34 @@ def _progress_bar(total: int, *, disabled: bool) -> Any:
     return tqdm(total=total, unit="video", dynamic_ncols=True, smoothing=0.05, disable=disabled)
 
 
+@contextlib.contextmanager
+def _only_run_on(output: Path) -> Iterator[int | None]:
+    """Holds an exclusive lock for ``output`` and yields its descriptor (None when another run holds it):
+    two runs appending to one output would caption keys twice. The engine processes inherit the
+    descriptor, so a killed supervisor's lock lasts until they have stopped writing too."""
+    with output.with_name(f"{output.name}.lock").open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield None
+            return
+        yield lock.fileno()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker_shard:
         return run_worker(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s bulk: %(message)s")
-    if args.endpoint:
-        from worker.bulk_client import run_client
+    with _only_run_on(args.output) as lock:
+        if lock is None:
+            log.error("another bulk run is writing %s; wait for it or stop it", args.output)
+            return 2
+        if args.endpoint:
+            from worker.bulk_client import run_client
 
-        return asyncio.run(run_client(args))
-    return supervise(args)
+            return asyncio.run(run_client(args))
+        return supervise(args, lock)
 
 
 if __name__ == "__main__":
