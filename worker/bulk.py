@@ -116,7 +116,7 @@ def _json_object(text: str) -> dict[str, Any]:
     return value
 
 
-def entries(args: argparse.Namespace, duplicates: Duplicates | None = None) -> Any:
+def entries(args: argparse.Namespace, duplicates: Duplicates | None = None) -> Iterator[Entry]:
     """The manifest's entries, each key once (repeats reported in ``duplicates``)."""
     lines = read_manifest(args.input, id_field=args.id_field, video_field=args.video_field, defaults=args.defaults)
     return unique(lines, duplicates if duplicates is not None else Duplicates())
@@ -228,7 +228,9 @@ async def _work(args: argparse.Namespace, index: int, count: int, settings: Any,
 
         syncer = asyncio.create_task(sync_now_and_then())
         try:
-            for entry in entries(args):
+            manifest = entries(args)
+            # Reading and checking lines touches the disk (relative paths are looked up): off the loop.
+            while (entry := await asyncio.to_thread(next, manifest, None)) is not None:
                 if shard_of(entry.key, count) != index or entry.key in done:
                     continue
                 if entry.error is not None:
