@@ -32,7 +32,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from worker.bulk_output import (
     OutputFileError,
@@ -44,6 +44,11 @@ from worker.bulk_output import (
     shard_path,
 )
 from worker.manifest import Duplicates, Entry, read_manifest, shard_of, unique
+
+if TYPE_CHECKING:
+    # The supervisor never imports the engine's modules (vLLM, torch): only the engine processes do.
+    from worker.config import Settings
+    from worker.engine import EngineSlot
 
 log = logging.getLogger("worker.bulk")
 
@@ -185,7 +190,9 @@ def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
     sys.exit(128 + signum)
 
 
-async def _work(args: argparse.Namespace, index: int, count: int, settings: Any, slot: Any, concurrency: int) -> int:
+async def _work(
+    args: argparse.Namespace, index: int, count: int, settings: Settings, slot: EngineSlot, concurrency: int
+) -> int:
     from worker.pipeline import CaptionService
 
     service = CaptionService(settings, slot)
