@@ -24,6 +24,8 @@ from worker.bulk_output import OutputFileError, OutputWriter, drop_errors, scan
 from worker.manifest import Duplicates
 
 log = logging.getLogger("worker.bulk")
+# httpx logs every request at INFO: thousands of lines that would bury the run's own messages.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 # The type of an output error this client made up itself (the endpoint answered something that is not a
 # worker's structured error, e.g. HTTP 413 for a body over RunPod's limit).
