@@ -131,9 +131,11 @@ def test_killed_run_resumes_with_every_key_once(
     assert not leftovers, f"processes outlived the killed supervisor: {leftovers}"
     first = written_lines(shards)
     assert 6 <= first < len(expected), "the kill must land mid-run"
-    assert not output.exists() and leftover_shards(output) == shards
+    # An engine that was still starting has no shard file yet.
+    written = leftover_shards(output)
+    assert not output.exists() and written and set(written) <= set(shards)
     # A crash in the middle of a write leaves a torn last line.
-    with shards[0].open("ab") as f:
+    with written[0].open("ab") as f:
         f.write(b'{"id":"clip30","line":31,"result":{"capt')
 
     # 2. Resumed with one engine: the shards of the killed run are merged, the torn line cut off, the
