@@ -104,7 +104,16 @@ def test_killed_run_resumes_with_every_key_once(
     env = worker_env | {
         "GPU_MEMORY_UTILIZATION": "0.1"
     }  # two CPU engines at once share the node RAM (process + KV cache)
-    args = ["--input", str(manifest), "--output", str(output), "--defaults", json.dumps(DEFAULTS)]
+    args = [
+        "--input",
+        str(manifest),
+        "--output",
+        str(output),
+        "--defaults",
+        json.dumps(DEFAULTS),
+        "--video-field",
+        "path",
+    ]
     shards = [shard_path(output, i, 2) for i in range(2)]
     # Both shards own work, so killing mid-run leaves both half done.
     assert {shard_of(key, 2) for key in expected} == {0, 1}
