@@ -49,10 +49,9 @@ from tests.media_factory import make_video
 from worker.compile_cache import configure_compile_caches
 from worker.config import Settings
 from worker.decode import decode_span
-from worker.decode_pool import DecodePool
+from worker.decode_pool import DecodePool, start_decoders
 from worker.engine import Engine, EngineSlot
 from worker.pipeline import CaptionService, _sampling
-from worker.runpod_handler import start_decoders
 from worker.schema import parse_request
 
 log = logging.getLogger("bench.e2e")

@@ -25,18 +25,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.media_factory import make_video  # noqa: E402
 from worker.config import Settings  # noqa: E402
-from worker.decode_pool import DecodePool  # noqa: E402
+from worker.decode_pool import DecodePool, start_decoders  # noqa: E402
 from worker.dummy_model import build_dummy_model  # noqa: E402
 from worker.engine import EngineSlot  # noqa: E402
 from worker.pipeline import CaptionService  # noqa: E402
-from worker.runpod_handler import start_decoders  # noqa: E402
 
 
 def gpu_memory_used_mib() -> int | None:
     try:
         out = subprocess.run(
             ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         return int(out.stdout.split()[0])
     except (OSError, subprocess.CalledProcessError, ValueError, IndexError):
@@ -102,7 +103,10 @@ def main() -> None:
     )
     parser.add_argument("--enforce-eager", action="store_true")
     parser.add_argument(
-        "--decoders", nargs="+", default=["processes"], choices=["processes", "threads"],
+        "--decoders",
+        nargs="+",
+        default=["processes"],
+        choices=["processes", "threads"],
         help="processes: DECODE_WORKERS decoder processes (the worker's default); threads: DECODE_WORKERS=0",
     )
     parser.add_argument("--decode-workers", type=int, help="DECODE_WORKERS for --decoders processes (default: cores)")
@@ -115,8 +119,12 @@ def main() -> None:
     make_s = time.perf_counter() - t
     model = build_dummy_model(work / f"{args.family}-{args.size}", args.family, args.size)
     settings = Settings(
-        model_name=str(model), load_format="dummy", enforce_eager=args.enforce_eager,
-        allowed_media_roots=[work], work_dir=work / "jobs", decode_workers=args.decode_workers,
+        model_name=str(model),
+        load_format="dummy",
+        enforce_eager=args.enforce_eager,
+        allowed_media_roots=[work],
+        work_dir=work / "jobs",
+        decode_workers=args.decode_workers,
     )
     t = time.perf_counter()
     slot = EngineSlot()

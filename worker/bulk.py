@@ -48,6 +48,7 @@ from worker.manifest import Duplicates, Entry, read_manifest, shard_of, unique
 if TYPE_CHECKING:
     # The supervisor never imports the engine's modules (vLLM, torch): only the engine processes do.
     from worker.config import Settings
+    from worker.decode_pool import DecodePool
     from worker.engine import EngineSlot
 
 log = logging.getLogger("worker.bulk")
@@ -158,6 +159,7 @@ def run_worker(args: argparse.Namespace) -> int:
     """Caption this process's shard with the handler's pipeline and engine, appending to its file."""
     from worker.compile_cache import configure_compile_caches
     from worker.config import get_settings
+    from worker.decode_pool import start_decoders
     from worker.engine import EngineSlot
     from worker.errors import EngineError
     from worker.redact import RedactingFormatter
@@ -181,7 +183,13 @@ def run_worker(args: argparse.Namespace) -> int:
         log.error("%s; nothing was captioned", exc.message)
         return EXIT_UNFINISHED
     concurrency = args.concurrency or settings.max_concurrency
-    return asyncio.run(_work(args, index, count, settings, slot, concurrency))
+    # Decoding in processes (the cores shared between the shards) keeps the engine fed: in threads of
+    # this process decodes contend for the GIL.
+    decoder = start_decoders(settings, count)
+    try:
+        return asyncio.run(_work(args, index, count, settings, slot, decoder, concurrency))
+    finally:
+        decoder.shutdown()
 
 
 def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -191,11 +199,17 @@ def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 async def _work(
-    args: argparse.Namespace, index: int, count: int, settings: Settings, slot: EngineSlot, concurrency: int
+    args: argparse.Namespace,
+    index: int,
+    count: int,
+    settings: Settings,
+    slot: EngineSlot,
+    decoder: DecodePool,
+    concurrency: int,
 ) -> int:
     from worker.pipeline import CaptionService
 
-    service = CaptionService(settings, slot)
+    service = CaptionService(settings, slot, decoder)
     target = args.output if count == 1 else shard_path(args.output, index, count)
     done = scan(target, args.id_field).keys
     if count > 1:

@@ -31,9 +31,12 @@ from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from worker.errors import DecodeError
+
+if TYPE_CHECKING:
+    from worker.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -201,3 +204,22 @@ def _portable_call(fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
             log.exception("decoder process: unpicklable %s", type(exc).__name__)
             raise RuntimeError(f"{type(exc).__name__}: {exc}") from None
         raise
+
+
+def start_decoders(settings: Settings, shares: int = 1) -> DecodePool:
+    """The decoder processes, all started now (DECODE_WORKERS; when unset one per usable core, split
+    between ``shares`` workers on one machine (bulk's engine processes), and no more than decodes can run
+    at once: MAX_CONCURRENCY jobs, or MAX_NUM_SEQS chunks and batch items). When they cannot start, the
+    caller decodes in its own threads rather than not working at all."""
+    if settings.decode_workers is None:
+        workers = min(max(1, default_workers() // shares), max(settings.max_concurrency, settings.max_num_seqs))
+    else:
+        workers = settings.decode_workers
+    pool = DecodePool(workers)
+    try:
+        pool.start()
+    except Exception:
+        log.exception("decoder processes failed to start; decoding in threads instead")
+        pool.shutdown()
+        return DecodePool(0)
+    return pool

@@ -32,7 +32,7 @@ from typing import Any
 
 from worker.compile_cache import configure_compile_caches
 from worker.config import Settings, get_settings
-from worker.decode_pool import DecodePool, default_workers
+from worker.decode_pool import start_decoders
 from worker.engine import EngineSlot
 from worker.pipeline import CaptionService, Progress
 from worker.redact import RedactingFormatter
@@ -120,24 +120,6 @@ def _exit_cleanly_on_sigterm() -> None:
         sys.exit(0)
 
     signal.signal(signal.SIGTERM, stop)
-
-
-def start_decoders(settings: Settings) -> DecodePool:
-    """The decoder processes, all started now (DECODE_WORKERS; when unset one per usable core, and no more
-    than decodes can run at once: MAX_CONCURRENCY jobs, or MAX_NUM_SEQS chunks and batch items). When they
-    cannot start, the worker decodes in threads rather than not serving at all."""
-    if settings.decode_workers is None:
-        workers = min(default_workers(), max(settings.max_concurrency, settings.max_num_seqs))
-    else:
-        workers = settings.decode_workers
-    pool = DecodePool(workers)
-    try:
-        pool.start()
-    except Exception:
-        log.exception("decoder processes failed to start; decoding in threads of the worker process instead")
-        pool.shutdown()
-        return DecodePool(0)
-    return pool
 
 
 def build_worker(settings: Settings | None = None) -> dict[str, Any]:
