@@ -1181,8 +1181,11 @@ _SALMONN_ADDED_TOKENS = (*QWEN2_5_ADDED_TOKENS, ("<|audio_pad|>", False))
 # Whisper-large-v3's encoder, a 2-layer 3072-wide Q-Former. "tiny" keeps the structural constraints
 # (1500 encoder positions for a 30 s piece, 128 mel bins, encoder_width == d_model, out == LLM width).
 _SALMONN_SIZES: dict[str, dict[str, Any]] = {
-    "7b": {**_QWEN2_5_VL_SIZES["7b"], "audio": {"d_model": 1280, "layers": 32, "heads": 20, "ffn": 5120},
-           "qformer": {"hidden": 3072, "layers": 2, "heads": 12, "ffn": 12288}},
+    "7b": {
+        **_QWEN2_5_VL_SIZES["7b"],
+        "audio": {"d_model": 1280, "layers": 32, "heads": 20, "ffn": 5120},
+        "qformer": {"hidden": 3072, "layers": 2, "heads": 12, "ffn": 12288},
+    },
     "3b": {
         "text": {
             "hidden_size": 2048,
@@ -1200,8 +1203,11 @@ _SALMONN_SIZES: dict[str, dict[str, Any]] = {
         "audio": {"d_model": 1280, "layers": 32, "heads": 20, "ffn": 5120},
         "qformer": {"hidden": 3072, "layers": 2, "heads": 12, "ffn": 12288},
     },
-    "tiny": {**_QWEN2_5_VL_SIZES["tiny"], "audio": {"d_model": 64, "layers": 2, "heads": 2, "ffn": 128},
-             "qformer": {"hidden": 64, "layers": 2, "heads": 2, "ffn": 128}},
+    "tiny": {
+        **_QWEN2_5_VL_SIZES["tiny"],
+        "audio": {"d_model": 64, "layers": 2, "heads": 2, "ffn": 128},
+        "qformer": {"hidden": 64, "layers": 2, "heads": 2, "ffn": 128},
+    },
 }
 
 
@@ -1290,7 +1296,12 @@ def salmonn_weight_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
             shapes[f"{b}.self_attn.{proj}.weight"] = (d, d)
             if proj != "k_proj":  # Whisper's key projection has no bias
                 shapes[f"{b}.self_attn.{proj}.bias"] = (d,)
-        shapes |= {f"{b}.fc1.weight": (ffn, d), f"{b}.fc1.bias": (ffn,), f"{b}.fc2.weight": (d, ffn), f"{b}.fc2.bias": (d,)}
+        shapes |= {
+            f"{b}.fc1.weight": (ffn, d),
+            f"{b}.fc1.bias": (ffn,),
+            f"{b}.fc2.weight": (d, ffn),
+            f"{b}.fc2.bias": (d,),
+        }
         for norm in ("self_attn_layer_norm", "final_layer_norm"):
             shapes |= {f"{b}.{norm}.weight": (d,), f"{b}.{norm}.bias": (d,)}
     shapes |= {"audio.layer_norm.weight": (d,), "audio.layer_norm.bias": (d,)}
@@ -1309,7 +1320,10 @@ def salmonn_weight_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
         shapes |= {f"{b}.output_query.dense.weight": (qh, qi), f"{b}.output_query.dense.bias": (qh,)}
         shapes |= {f"{b}.output_query.LayerNorm.weight": (qh,), f"{b}.output_query.LayerNorm.bias": (qh,)}
     shapes["audio.q_tokens"] = (1, qformer["query_length"], qh)
-    shapes |= {"audio.audio_proj.weight": (qformer["out_hidden_size"], qh), "audio.audio_proj.bias": (qformer["out_hidden_size"],)}
+    shapes |= {
+        "audio.audio_proj.weight": (qformer["out_hidden_size"], qh),
+        "audio.audio_proj.bias": (qformer["out_hidden_size"],),
+    }
     return shapes
 
 

@@ -139,7 +139,7 @@ class SalmonnAudioTower(nn.Module):
         """(pieces, 128, 3000) log-mel -> (pieces * tokens_per_piece, out_hidden) audio embeddings."""
         features = features.to(self.q_tokens.dtype)
         frames = self.encoder([features])  # (pieces, 1500, d_model), after the final layer_norm
-        pieces, _, width = frames.shape
+        width = frames.shape[-1]
         windows = frames.unfold(1, self.kernel, self.stride)  # (pieces, n_windows, width, kernel)
         windows = windows.permute(0, 1, 3, 2).reshape(-1, self.kernel, width)
         queries = self.q_tokens.expand(windows.shape[0], -1, -1)
@@ -158,7 +158,11 @@ class SalmonnAudioTower(nn.Module):
             target, shard = name, None
             if not name.startswith(("qformer.", "q_tokens", "audio_proj.")):
                 target = "encoder." + name
-                for proj, shard_id in ((".self_attn.q_proj.", "q"), (".self_attn.k_proj.", "k"), (".self_attn.v_proj.", "v")):
+                for proj, shard_id in (
+                    (".self_attn.q_proj.", "q"),
+                    (".self_attn.k_proj.", "k"),
+                    (".self_attn.v_proj.", "v"),
+                ):
                     if proj in target:
                         target, shard = target.replace(proj, ".self_attn.qkv_proj."), shard_id
                 target = target.replace(".fc1.", ".mlp.fc1.").replace(".fc2.", ".mlp.fc2.")
@@ -177,7 +181,9 @@ class SalmonnAudioTower(nn.Module):
                 loader(param, tensor)
             else:
                 if param.shape != tensor.shape:
-                    raise ValueError(f"audio weight {name!r} has shape {tuple(tensor.shape)}, want {tuple(param.shape)}")
+                    raise ValueError(
+                        f"audio weight {name!r} has shape {tuple(tensor.shape)}, want {tuple(param.shape)}"
+                    )
                 with torch.no_grad():
                     param.copy_(tensor)
             loaded.add(target)

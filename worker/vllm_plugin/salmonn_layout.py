@@ -75,9 +75,7 @@ def interleaved_tokens(
     return out
 
 
-def av_block_positions(
-    grid_t: int, grid_h: int, grid_w: int, second_per_grid: float, split: list[int]
-) -> np.ndarray:
+def av_block_positions(grid_t: int, grid_h: int, grid_w: int, second_per_grid: float, split: list[int]) -> np.ndarray:
     """(3, n) M-RoPE positions of an interleaved block, relative to its start (merged grid sizes).
 
     Video tokens of step t: (floor(t * s * 2), h, w). Audio token k: (k, 0, k)."""

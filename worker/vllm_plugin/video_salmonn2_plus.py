@@ -229,7 +229,14 @@ class VideoSalmonn2PlusForConditionalGeneration(Qwen2_5_VLForConditionalGenerati
         pieces = kwargs.get("audio_pieces")
         if pieces is None:
             return tuple(visual)
-        pieces = [int(p) for p in (torch.cat([torch.as_tensor(p).reshape(-1) for p in pieces]) if isinstance(pieces, list) else pieces.reshape(-1))]
+        pieces = [
+            int(p)
+            for p in (
+                torch.cat([torch.as_tensor(p).reshape(-1) for p in pieces])
+                if isinstance(pieces, list)
+                else pieces.reshape(-1)
+            )
+        ]
         if not any(pieces):
             return tuple(visual)
         features = kwargs["audio_features"]
