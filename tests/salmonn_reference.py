@@ -73,7 +73,9 @@ def reference(mel: torch.Tensor, weights: dict[str, torch.Tensor], audio_config:
     return out.reshape(-1, out.shape[-1])
 
 
-def ours(model_dir: Path, mel: torch.Tensor, weights: dict[str, torch.Tensor], audio_config: dict) -> torch.Tensor:
+def ours(
+    model_dir: Path, mel: torch.Tensor, weights: dict[str, torch.Tensor], audio_config: dict, checks: dict[str, bool]
+) -> torch.Tensor:
     from vllm.config import ModelConfig, VllmConfig, set_current_vllm_config
     from vllm.distributed import init_distributed_environment, initialize_model_parallel
     from vllm.model_executor.model_loader.utils import process_weights_after_loading
@@ -88,8 +90,13 @@ def ours(model_dir: Path, mel: torch.Tensor, weights: dict[str, torch.Tensor], a
         init_distributed_environment(1, 0, f"tcp://127.0.0.1:{port}", 0, backend="gloo")
         initialize_model_parallel(1, 1)
         tower = SalmonnAudioTower(vllm_config, audio_config, vllm_config.model_config.get_hidden_size())
-        tower.load_weights((k.removeprefix("audio."), v) for k, v in weights.items() if k.startswith("audio."))
+        loaded = tower.load_weights((k.removeprefix("audio."), v) for k, v in weights.items() if k.startswith("audio."))
         process_weights_after_loading(tower, vllm_config.model_config, torch.device("cpu"))
+        checks["all_parameters_loaded"] = loaded == {name for name, _ in tower.named_parameters()}
+        try:
+            tower.load_weights([("qformer.bert.encoder.layer.0.attention.self.extra.weight", torch.zeros(1))])
+        except ValueError:
+            checks["unknown_weight_rejected"] = True
         return tower(mel)
 
 
@@ -108,7 +115,8 @@ def main(model_dir: Path) -> None:
     mel = extractor(pieces, sampling_rate=16_000, return_tensors="pt")["input_features"]
     with torch.no_grad():
         expected = reference(mel, weights, config["audio_config"])
-        got = ours(model_dir, mel, weights, config["audio_config"])
+        checks = {"all_parameters_loaded": False, "unknown_weight_rejected": False}
+        got = ours(model_dir, mel, weights, config["audio_config"], checks)
     print(
         json.dumps(
             {
@@ -116,6 +124,7 @@ def main(model_dir: Path) -> None:
                 "expected_shape": list(expected.shape),
                 "max_abs_diff": float((got - expected).abs().max()),
                 "max_abs": float(expected.abs().max()),
+                **checks,
             }
         )
     )

@@ -33,3 +33,5 @@ def test_audio_tower_matches_whisper_and_reference_qformer(tmp_path: Path) -> No
     assert result["shape"] == result["expected_shape"] == [120, 128]
     assert result["max_abs"] > 1e-2  # the comparison is not between two near-zero tensors
     assert result["max_abs_diff"] <= 1e-4, result
+    # Strict loading: every parameter comes from the checkpoint, an unknown name is an error.
+    assert result["all_parameters_loaded"] and result["unknown_weight_rejected"]

@@ -1,16 +1,22 @@
 """video-SALMONN 2+'s interleaved audio-visual layout and M-RoPE positions (worker.vllm_plugin.salmonn_layout)
-against hand-computed cases and their invariants; and the family adapter's prompt and audio count."""
+against hand-computed cases and their invariants; the family adapter's prompt and audio count; its dummy
+model folders."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
+from safetensors import safe_open
+from transformers import AutoTokenizer
 
 from worker.adapters import adapter_for
 from worker.adapters.video_salmonn2_plus import CAPTION_PROMPT
+from worker.dummy_model import build_dummy_model, salmonn_weight_shapes
 from worker.schema import ChatMessage
 from worker.vllm_plugin.salmonn_layout import (
     audio_split,
@@ -111,3 +117,38 @@ def test_adapter_prompt_counts_and_default() -> None:
     turns = [ChatMessage(role="system", content="Be brief."), ChatMessage(role="user", content="Hi")]
     assert adapter.build_prompt(None, turns, None).startswith("<|im_start|>system\nBe brief.<|im_end|>\n")
     assert math.isclose(adapter.max_audio_seconds, 600.0)
+
+
+def test_dummy_folders_have_the_checkpoints_layout(tmp_path: Path) -> None:
+    for size, hidden, layers in (("7b", 3584, 28), ("3b", 2048, 36)):
+        folder = build_dummy_model(tmp_path / size, "video_salmonn2_plus", size)
+        config = json.loads((folder / "config.json").read_text())
+        assert config["architectures"] == ["video_SALMONN2_plus"] and config["model_type"] == "qwen2_5_vl"
+        assert (config["hidden_size"], config["num_hidden_layers"], config["audio_token_id"]) == (
+            hidden,
+            layers,
+            151665,
+        )
+        audio = config["audio_config"]
+        assert (audio["d_model"], audio["encoder_layers"], audio["encoder_attention_heads"]) == (1280, 32, 20)
+        assert (audio["num_mel_bins"], audio["max_source_positions"], audio["second_per_window"]) == (128, 1500, 0.5)
+        qformer = audio["qformer_config"]
+        assert (qformer["hidden_size"], qformer["num_hidden_layers"], qformer["num_attention_heads"]) == (3072, 2, 12)
+        assert (qformer["intermediate_size"], qformer["encoder_width"], qformer["out_hidden_size"]) == (
+            12288,
+            1280,
+            hidden,
+        )
+        assert not (folder / "model.safetensors").exists()
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        assert tokenizer.convert_tokens_to_ids("<|audio_pad|>") == 151665
+        assert tokenizer.encode("<|video_pad|><|audio_pad|>") == [151656, 151665]
+    tiny = build_dummy_model(tmp_path / "tiny", "video_salmonn2_plus", "tiny")
+    config = json.loads((tiny / "config.json").read_text())
+    with safe_open(tiny / "model.safetensors", "pt") as weights:
+        names = set(weights.keys())
+        shapes = {name: tuple(weights.get_slice(name).get_shape()) for name in names}
+    assert names == set(salmonn_weight_shapes(config)) | {"audio.qformer.bert.embeddings.position_ids"}
+    assert shapes["audio.qformer.bert.encoder.layer.1.crossattention.self.key.weight"] == (64, 64)
+    assert shapes["audio.q_tokens"] == (1, 1, 64) and shapes["audio.audio_proj.weight"] == (128, 64)
+    assert "audio.layers.0.self_attn.k_proj.bias" not in names and "lm_head.weight" in names
