@@ -25,6 +25,7 @@ from vllm.model_executor.models.qwen2_5_vl import (
     Qwen2_5_VLProcessingInfo,
 )
 from vllm.model_executor.models.qwen2_vl import Qwen2VLMultiModalDataParser
+from vllm.model_executor.models.utils import StageMissingLayer
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.inputs import MultiModalFeatureSpec, MultiModalFieldConfig, MultiModalKwargsItems
 from vllm.multimodal.parse import MultiModalDataItems
@@ -315,6 +316,8 @@ class VideoSalmonn2PlusForConditionalGeneration(Qwen2_5_VLForConditionalGenerati
                     yield name, tensor
 
         loaded = set(super().load_weights(others()))
+        if isinstance(self.audio, StageMissingLayer):
+            return loaded  # video limited to 0 per prompt: the tower is not built, its weights are not needed
         return loaded | {f"audio.{name}" for name in self.audio.load_weights(audio)}
 
 
