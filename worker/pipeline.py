@@ -448,14 +448,14 @@ class CaptionService:
         return caption
 
     def _chunk_conversation(
-        self, request: CaptionRequest, chunk: ChunkPlan, chunked: bool, adapter: ModelAdapter
+        self, request: CaptionRequest, chunk: ChunkPlan | None, chunked: bool, adapter: ModelAdapter
     ) -> list[ChatMessage]:
         """The job's turns; in chunked mode the turn that carries the media says which span it shows. A job
         without prompt or messages asks in the words of the family's default video prompt, if it has one."""
         turns = request.conversation
         if request.prompt is None and request.messages is None and adapter.default_video_prompt:
             turns = [ChatMessage(role="user", content=adapter.default_video_prompt)]
-        if not chunked:
+        if not chunked or chunk is None:
             return turns
         first_user = next(i for i, turn in enumerate(turns) if turn.role == "user")
         stamped = ChatMessage(role="user", content=chunk_prompt(turns[first_user].content, chunk.start, chunk.end))
@@ -596,11 +596,7 @@ class CaptionService:
 
     def _text_reserve(self, request: CaptionRequest, engine: Engine, chunk: ChunkPlan | None) -> int:
         """Context for the prompt's words: TEXT_TOKEN_RESERVE, or more for a long conversation."""
-        turns = (
-            self._chunk_conversation(request, chunk, True, engine.adapter)
-            if chunk is not None
-            else request.conversation
-        )
+        turns = self._chunk_conversation(request, chunk, chunk is not None, engine.adapter)
         words = _count_tokens(engine, engine.adapter.build_prompt(engine.tokenizer, turns, None))
         return max(self.settings.text_token_reserve, words + _PROMPT_MARGIN)
 
