@@ -3,7 +3,6 @@ through the same CaptionService the RunPod handler uses, on a 7B-shaped dummy mo
 each ``process_audio`` setting asked for (side by side on the same engine and clip).
 
     python bench/gpu_check.py --family qwen2_5_omni --process-audio false true   # prints RESULT {json}
-    python bench/gpu_check.py --family video_salmonn2_plus --fps 2 --process-audio false true
 """
 
 from __future__ import annotations
@@ -42,15 +41,13 @@ def gpu_memory_used_mib() -> int | None:
 async def measure_all(service: CaptionService, video: Path, args: argparse.Namespace) -> dict[str, dict]:
     """One loop for every measurement: the engine's output task lives on the loop that first uses it."""
     return {
-        f"process_audio={audio}": await measure(service, video, args.concurrency, args.max_tokens, audio, args.fps)
+        f"process_audio={audio}": await measure(service, video, args.concurrency, args.max_tokens, audio)
         for audio in args.process_audio
     }
 
 
-async def measure(
-    service: CaptionService, video: Path, concurrency: int, max_tokens: int, audio: bool, fps: float | None = None
-) -> dict:
-    job = {"video": str(video), "max_tokens": max_tokens, "process_audio": audio} | ({"fps": fps} if fps else {})
+async def measure(service: CaptionService, video: Path, concurrency: int, max_tokens: int, audio: bool) -> dict:
+    job = {"video": str(video), "max_tokens": max_tokens, "process_audio": audio}
     # The first job pays one-time processor set-up in vLLM's front end; report it apart.
     t = time.perf_counter()
     first = await service.handle(job)
@@ -97,7 +94,6 @@ def main() -> None:
         "--process-audio", nargs="+", default=[False], type=lambda v: v.lower() == "true", help="true / false"
     )
     parser.add_argument("--enforce-eager", action="store_true")
-    parser.add_argument("--fps", type=float, help="frames sampled per second (default: the worker's)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -125,7 +121,6 @@ def main() -> None:
         "enforce_eager": args.enforce_eager,
         "max_model_len": settings.max_model_len,
         "max_tokens": args.max_tokens,
-        "fps": args.fps,
         "gpu_memory_used_mib": gpu_memory_used_mib(),
         "runs": figures,
     }
