@@ -77,7 +77,10 @@ ENV HF_HOME=/runpod-volume/huggingface-cache \
 # hadolint ignore=DL3064
 ENV TOKENIZERS_PARALLELISM=false
 
-COPY handler.py ./
+COPY pyproject.toml handler.py ./
 COPY worker/ ./worker/
+# Installs the project itself (no dependencies: requirements.txt has them) so that vLLM finds the worker's
+# model plugins (video-SALMONN 2+) through the vllm.general_plugins entry point in every process it starts.
+RUN pip install --no-cache-dir --no-deps --no-build-isolation -e .
 
 CMD ["python", "-u", "handler.py"]

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from worker.adapters.base import ModelAdapter
 from worker.combine import TimedText, chunk_prompt, group_within_budget, merged, summary_prompt, timeline
 from worker.config import Settings
 from worker.control_tokens import refuse_control_tokens
@@ -344,7 +345,7 @@ class CaptionService:
                             decoded = dataclasses.replace(decoded, audio=None)
                         prompt = engine.adapter.build_prompt(
                             engine.tokenizer,
-                            self._chunk_conversation(request, chunk, chunked),
+                            self._chunk_conversation(request, chunk, chunked, engine.adapter),
                             "video",
                             decoded.audio is not None,
                         )
@@ -451,10 +452,15 @@ class CaptionService:
         job.report()
         return caption
 
-    def _chunk_conversation(self, request: CaptionRequest, chunk: ChunkPlan, chunked: bool) -> list[ChatMessage]:
-        """The job's turns; in chunked mode the turn that carries the media says which span it shows."""
+    def _chunk_conversation(
+        self, request: CaptionRequest, chunk: ChunkPlan | None, chunked: bool, adapter: ModelAdapter
+    ) -> list[ChatMessage]:
+        """The job's turns; in chunked mode the turn that carries the media says which span it shows. A job
+        without prompt or messages asks in the words of the family's default video prompt, if it has one."""
         turns = request.conversation
-        if not chunked:
+        if request.prompt is None and request.messages is None and adapter.default_video_prompt:
+            turns = [ChatMessage(role="user", content=adapter.default_video_prompt)]
+        if not chunked or chunk is None:
             return turns
         first_user = next(i for i, turn in enumerate(turns) if turn.role == "user")
         # Built, not validated: the caller's limits are on the caller's text, and the span prefix may take
@@ -599,7 +605,7 @@ class CaptionService:
 
     def _text_reserve(self, request: CaptionRequest, engine: Engine, chunk: ChunkPlan | None) -> int:
         """Context for the prompt's words: TEXT_TOKEN_RESERVE, or more for a long conversation."""
-        turns = self._chunk_conversation(request, chunk, True) if chunk is not None else request.conversation
+        turns = self._chunk_conversation(request, chunk, chunk is not None, engine.adapter)
         words = _count_tokens(engine, engine.adapter.build_prompt(engine.tokenizer, turns, None))
         return max(self.settings.text_token_reserve, words + _PROMPT_MARGIN)
 
@@ -635,7 +641,7 @@ class CaptionService:
                 info.duration, info.fps, request.fps, request.max_frames, frame_multiple=adapter.frame_multiple
             )
             chunks = [ChunkPlan(0, 0.0, info.duration, whole.timestamps, whole.fps_used)]
-        windows = [self._audio_window(request, engine, info, c.timestamps, c.fps_used, warnings) for c in chunks]
+        windows = [self._audio_window(request, engine, info, c, warnings) for c in chunks]
         # One frame size for every chunk, planned for the costliest: the most frames and the longest sound.
         most_frames = max(len(c.timestamps) for c in chunks)
         longest = max(((w[1] - w[0]) for w in windows if w), default=0.0)
@@ -687,8 +693,7 @@ class CaptionService:
         request: CaptionRequest,
         engine: Engine,
         info: Probe,
-        timestamps: list[float],
-        fps_used: float,
+        chunk: ChunkPlan,
         warnings: list[str],
     ) -> tuple[float, float] | None:
         """The stretch of sound to give the model, or None (with a warning saying why not)."""
@@ -704,7 +709,10 @@ class CaptionService:
         if not info.has_audio:
             warnings.append("process_audio: the video has no audio track; only the frames were used")
             return None
-        start, end = audio_window(timestamps, fps_used, info.duration)
+        if adapter.audio_covers_span:
+            start, end = chunk.start, min(chunk.end, info.duration)
+        else:
+            start, end = audio_window(chunk.timestamps, chunk.fps_used, info.duration)
         if end - start > adapter.max_audio_seconds:
             warnings.append(
                 f"process_audio: the model takes at most {adapter.max_audio_seconds:g} s of audio; the sound "

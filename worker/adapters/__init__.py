@@ -9,9 +9,16 @@ from worker.adapters.qwen2_5_omni import Qwen25OmniAdapter
 from worker.adapters.qwen2_5_vl import Qwen25VLAdapter
 from worker.adapters.qwen2_vl import Qwen2VLAdapter
 from worker.adapters.qwen3_vl import Qwen3VLAdapter
+from worker.adapters.video_salmonn2_plus import VideoSalmonn2PlusAdapter
 from worker.errors import EngineError
 
-ADAPTERS: tuple[type[ModelAdapter], ...] = (Qwen25VLAdapter, Qwen2VLAdapter, Qwen3VLAdapter, Qwen25OmniAdapter)
+ADAPTERS: tuple[type[ModelAdapter], ...] = (
+    Qwen25VLAdapter,
+    Qwen2VLAdapter,
+    Qwen3VLAdapter,
+    Qwen25OmniAdapter,
+    VideoSalmonn2PlusAdapter,
+)
 
 
 def adapter_for(architectures: Sequence[str] | None) -> ModelAdapter:

@@ -38,6 +38,11 @@ class ModelAdapter(ABC):
     supports_audio: ClassVar[bool] = False
     # Longest audio the model's feature extractor takes in one item; the rest would be cut silently.
     max_audio_seconds: ClassVar[float] = 0.0
+    # True: the model hears the whole span the job covers (the video, or the chunk), as it was trained;
+    # False: only the stretch the sampled frames stand for (frame_plan.audio_window).
+    audio_covers_span: ClassVar[bool] = False
+    # The family's own caption prompt for a video job that brings none (None: the worker's default).
+    default_video_prompt: ClassVar[str | None] = None
 
     def engine_kwargs(self, limits: MediaLimits) -> dict[str, Any]:
         """Extra vLLM engine arguments this family needs. vLLM profiles memory with the largest media a
