@@ -600,6 +600,12 @@ def _qwen_vl_processor_numbers() -> dict[str, Any]:
 
 def _build_qwen2_5_vl(out_dir: Path, size: str) -> None:
     _write_json(out_dir / "config.json", qwen2_5_vl_config(size))
+    _write_qwen2_5_vl_configs(out_dir)
+    _write_qwen2_tokenizer_files(out_dir, QWEN2_5_ADDED_TOKENS, chat_template=QWEN2_5_VL_CHAT_TEMPLATE)
+
+
+def _write_qwen2_5_vl_configs(out_dir: Path) -> None:
+    """Generation and processor configs of Qwen2.5-VL, which video-SALMONN 2+ checkpoints share."""
     # Qwen2.5-VL-7B-Instruct's generation_config.json: vLLM applies it as the default sampling
     # parameters (near-greedy), so requests without explicit sampling behave as in production.
     _write_json(out_dir / "generation_config.json", _qwen_vl_generation_config(0.1))
@@ -621,7 +627,6 @@ def _build_qwen2_5_vl(out_dir: Path, size: str) -> None:
             "processor_class": "Qwen2_5_VLProcessor",
         },
     )
-    _write_qwen2_tokenizer_files(out_dir, QWEN2_5_ADDED_TOKENS, chat_template=QWEN2_5_VL_CHAT_TEMPLATE)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1351,23 +1356,7 @@ def write_salmonn_weights(out_dir: Path, config: dict[str, Any], seed: int = 0) 
 def _build_video_salmonn2_plus(out_dir: Path, size: str) -> None:
     config = video_salmonn2_plus_config(size)
     _write_json(out_dir / "config.json", config)
-    _write_json(out_dir / "generation_config.json", _qwen_vl_generation_config(0.1))
-    _write_json(
-        out_dir / "preprocessor_config.json",
-        {
-            **_qwen_vl_processor_numbers(),
-            "image_processor_type": "Qwen2VLImageProcessor",
-            "processor_class": "Qwen2_5_VLProcessor",
-        },
-    )
-    _write_json(
-        out_dir / "video_preprocessor_config.json",
-        {
-            **_qwen_vl_processor_numbers(),
-            "video_processor_type": "Qwen2VLVideoProcessor",
-            "processor_class": "Qwen2_5_VLProcessor",
-        },
-    )
+    _write_qwen2_5_vl_configs(out_dir)
     _write_qwen2_tokenizer_files(out_dir, _SALMONN_ADDED_TOKENS, chat_template=QWEN2_5_VL_CHAT_TEMPLATE)
     if size == "tiny":
         write_salmonn_weights(out_dir, config)
