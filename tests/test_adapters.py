@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -96,6 +99,54 @@ def test_vision_inputs_carry_the_true_timing_and_no_resize() -> None:
     assert video.shape == (4, 56, 84, 3)
     assert meta["fps"] == 30.0 and meta["frames_indices"] == [8, 22, 38, 52] and meta["do_sample_frames"] is False
     assert inputs["mm_processor_kwargs"] == {"do_resize": False}
+
+
+def test_qwen2_5_vl_gets_the_metadata_as_a_processor_argument_too() -> None:
+    frames, probe = _frames()
+    inputs = adapter_for(["Qwen2_5_VLForConditionalGeneration"]).video_inputs("p", frames, probe, 2.0, None)
+    _, meta = inputs["multi_modal_data"]["video"]
+    assert inputs["mm_processor_kwargs"]["video_metadata"] == {
+        "fps": 30.0, "duration": 2.0, "total_num_frames": 60, "frames_indices": [8, 22, 38, 52], "height": 56,
+        "width": 84,
+    }
+
+
+def _processed_video(model: Path, inputs: dict[str, Any]) -> dict[str, Any]:
+    """What vLLM's own multimodal processor makes of the adapter's inputs (the engine's first step)."""
+    from vllm.config import ModelConfig
+    from vllm.multimodal import MULTIMODAL_REGISTRY
+    from vllm.multimodal.processing.context import TimingContext
+    from vllm.multimodal.processing.inputs import ProcessorInputs
+
+    processor = MULTIMODAL_REGISTRY.create_processor(
+        ModelConfig(model=str(model), tokenizer=str(model), limit_mm_per_prompt={"video": 1})
+    )
+    items = processor.info.get_data_parser().parse_mm_data(inputs["multi_modal_data"])
+    request = ProcessorInputs(inputs["prompt"], items, hf_processor_mm_kwargs=inputs["mm_processor_kwargs"])
+    return processor.apply(request, TimingContext())["mm_kwargs"].get_data()
+
+
+@pytest.mark.parametrize(("seconds", "fps_used", "span"), [(8.0, 0.5, None), (2.0, 2.0, None), (60.0, 1.0, (40.0, 48.0))])
+def test_qwen2_5_vl_temporal_positions_follow_the_true_sampling_rate(
+    tiny_model: Path, seconds: float, fps_used: float, span: tuple[float, float] | None
+) -> None:
+    """second_per_grid_ts (seconds per 2-frame step of Qwen2.5-VL's temporal M-RoPE) as vLLM's processor
+    computes it: without the metadata argument it assumed 24 fps, 0.083 s instead of 4 s at 0.5 fps."""
+    start, end = span or (0.0, seconds)
+    stamps = [start + (i + 0.5) / fps_used for i in range(round((end - start) * fps_used))]
+    frames = DecodedFrames(
+        frames=np.zeros((len(stamps), 56, 56, 3), dtype=np.uint8), timestamps=stamps,
+        indices=[round(t * 30) for t in stamps],
+    )
+    probe = Probe(
+        duration=seconds, width=56, height=56, fps=30.0, rotation=0, codec="h264", start_time=0.0,
+        has_audio=False, audio_seconds=0.0,
+    )
+    prompt = "<|vision_start|><|video_pad|><|vision_end|>Describe."
+    inputs = adapter_for(["Qwen2_5_VLForConditionalGeneration"]).video_inputs(prompt, frames, probe, fps_used, None, span)
+    processed = _processed_video(tiny_model, inputs)
+    assert processed["video_grid_thw"].tolist() == [[len(stamps) // 2, 4, 4]]
+    assert processed["second_per_grid_ts"].tolist() == [pytest.approx(2 / fps_used, rel=0.01)]
 
 
 def test_omni_gets_the_sound_and_the_sampling_rate() -> None:
