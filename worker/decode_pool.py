@@ -6,6 +6,13 @@ jobs in flight a decode of 0.4 s alone took 6-19 s. Each decoder process has its
 samples come back pickled (numpy arrays: one copy, a few ms per job at model size, measured by
 ``bench/decode.py --concurrency``).
 
+Results travel through a file, not the pool's result pipe: a process killed while writing a result of
+megabytes into that pipe leaves a partial message, and the executor's manager thread then waits for its
+end forever (the parent holds the pipe's write end too, so no EOF comes): no call of that pool, nor its
+shutdown, ever returns (CPython 3.12; seen in CI with processes SIGKILLed mid-job). So each call's result
+is pickled into a file of its own, named by the caller, and only a short message crosses the pipe, in
+one atomic write; the caller reads the file and removes it whatever the outcome.
+
 A process that dies mid-decode (a crash inside FFmpeg, the OOM killer) breaks the whole
 ``ProcessPoolExecutor``: every call queued or running in it fails with ``BrokenProcessPool``, the one that
 caused it and its bystanders alike. So the pool is replaced at once, and each call that failed so is run
@@ -25,13 +32,16 @@ import math
 import multiprocessing
 import os
 import pickle
+import shutil
+import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from worker.errors import DecodeError
 
@@ -39,6 +49,7 @@ if TYPE_CHECKING:
     from worker.config import Settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")  # not PEP 695 syntax: the worker also runs on Python 3.11
 
 # Imported once by the fork server, so every decoder process starts with them loaded: the libraries
 # worker.decode needs (most of its import time), not worker.decode itself. The fork server runs `python -c`
@@ -84,6 +95,7 @@ class DecodePool:
         self._context.set_forkserver_preload(_PRELOAD)  # takes effect when the fork server first starts
         self._lock = threading.Lock()
         self._pool: ProcessPoolExecutor | None = None
+        self._results: Path | None = None  # the folder of result files while processes may run
         self.replaced = 0  # pools replaced after a process died
 
     @property
@@ -103,6 +115,8 @@ class DecodePool:
 
     def _current(self) -> ProcessPoolExecutor:
         with self._lock:
+            if self._results is None:
+                self._results = Path(tempfile.mkdtemp(prefix="decoder-results-"))
             if self._pool is None:
                 self._pool = self._new(self.workers)
             return self._pool
@@ -115,35 +129,35 @@ class DecodePool:
                 log.error("a decoder process died; replacing the pool (%d so far)", self.replaced)
         broken.shutdown(wait=False, cancel_futures=True)
 
-    async def run[T](self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)`` in a decoder process (or a thread), awaited without blocking the loop."""
         if not self.uses_processes:
             return await asyncio.to_thread(fn, *args, **kwargs)
         pool = self._current()
         try:
-            return await asyncio.wrap_future(_submit(pool, fn, args, kwargs))
+            return await asyncio.wrap_future(self._submit(pool, fn, args, kwargs))
         except BrokenProcessPool:
             self._replace(pool)
         alone = self._alone()
         try:
-            return await asyncio.wrap_future(_submit(alone, fn, args, kwargs))
+            return await asyncio.wrap_future(self._submit(alone, fn, args, kwargs))
         except BrokenProcessPool as exc:
             raise _crashed() from exc
         finally:
             alone.shutdown(wait=False)
 
-    def call[T](self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``run`` for callers already in a thread of their own: blocks until the result is there."""
         if not self.uses_processes:
             return fn(*args, **kwargs)
         pool = self._current()
         try:
-            return _submit(pool, fn, args, kwargs).result()
+            return self._submit(pool, fn, args, kwargs).result()
         except BrokenProcessPool:
             self._replace(pool)
         alone = self._alone()
         try:
-            return _submit(alone, fn, args, kwargs).result()
+            return self._submit(alone, fn, args, kwargs).result()
         except BrokenProcessPool as exc:
             raise _crashed() from exc
         finally:
@@ -164,18 +178,49 @@ class DecodePool:
             pool = self._pool
         return [] if pool is None else [p.pid for p in list(getattr(pool, "_processes", {}).values())]
 
+    def _submit(self, pool: ProcessPoolExecutor, fn: Callable[..., Any], args: Any, kwargs: Any) -> Future[Any]:
+        """The call's result as a future of this process, read from the file the decoder process wrote (in
+        the pool's manager thread, as the call completes); the file is removed whatever the outcome, also
+        when the caller stopped waiting."""
+        assert self._results is not None
+        path = self._results / f"{uuid.uuid4().hex}.pickle"
+        try:
+            remote = pool.submit(_portable_call, fn, args, kwargs, path)
+        except RuntimeError as exc:  # a pool already marked broken refuses new calls with its own error
+            raise BrokenProcessPool(str(exc)) from exc
+        local: Future[Any] = Future()
+
+        def settle(done: Future[Any]) -> None:
+            if done.cancelled():
+                local.cancel()
+                return
+            error, value = done.exception(), None
+            try:
+                if error is None and not local.cancelled():
+                    with path.open("rb") as file:
+                        value = pickle.load(file)
+            except Exception as exc:  # noqa: BLE001 - an unreadable result fails this call only, as its error
+                error = exc
+            finally:
+                path.unlink(missing_ok=True)
+            if local.set_running_or_notify_cancel():
+                if error is None:
+                    local.set_result(value)
+                else:
+                    local.set_exception(error)
+
+        local.add_done_callback(lambda f: remote.cancel() if f.cancelled() else None)
+        remote.add_done_callback(settle)
+        return local
+
     def shutdown(self) -> None:
         with self._lock:
             pool, self._pool = self._pool, None
+            results, self._results = self._results, None
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _submit(pool: ProcessPoolExecutor, fn: Callable[..., Any], args: Any, kwargs: Any) -> Future[Any]:
-    try:
-        return pool.submit(_portable_call, fn, args, kwargs)
-    except RuntimeError as exc:  # a pool already marked broken refuses new calls with its own error
-        raise BrokenProcessPool(str(exc)) from exc
+        if results is not None:
+            shutil.rmtree(results, ignore_errors=True)
 
 
 def _crashed() -> DecodeError:
@@ -190,13 +235,19 @@ def _ready(seconds: float) -> int:
     return os.getpid()
 
 
-def _portable_call(fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
-    """``fn`` in the decoder process, its exception made fit to cross back. The worker's errors pickle with
-    their type, message and details; an exception that does not survive pickling (some library's own)
-    would break the whole pool when the result is read, so it comes back as a RuntimeError that names it
-    (the job then reports an internal_error, as it would for the same exception in a thread)."""
+def _portable_call(fn: Callable[..., Any], args: Any, kwargs: Any, result_path: Path | None = None) -> Any:
+    """``fn`` in the decoder process, its result pickled into ``result_path`` (then None is returned), its
+    exception made fit to cross back. The worker's errors pickle with their type, message and details; an
+    exception that does not survive pickling (some library's own) would break the whole pool when the
+    result is read, so it comes back as a RuntimeError that names it (the job then reports an
+    internal_error, as it would for the same exception in a thread)."""
     try:
-        return fn(*args, **kwargs)
+        result = fn(*args, **kwargs)
+        if result_path is None:
+            return result
+        with result_path.open("wb") as file:
+            pickle.dump(result, file, protocol=pickle.HIGHEST_PROTOCOL)
+        return None
     except Exception as exc:
         try:
             pickle.loads(pickle.dumps(exc))
