@@ -86,8 +86,15 @@ def _frames(n: int = 4) -> tuple[DecodedFrames, Probe]:
         indices=[round((0.25 + 0.5 * i) * 30) for i in range(n)],
     )
     probe = Probe(
-        duration=n * 0.5, width=84, height=56, fps=30.0, rotation=0, codec="h264", start_time=0.0,
-        has_audio=True, audio_seconds=n * 0.5,
+        duration=n * 0.5,
+        width=84,
+        height=56,
+        fps=30.0,
+        rotation=0,
+        codec="h264",
+        start_time=0.0,
+        has_audio=True,
+        audio_seconds=n * 0.5,
     )
     return frames, probe
 
@@ -105,10 +112,9 @@ def test_qwen2_5_vl_gets_the_metadata_as_a_processor_argument_too() -> None:
     frames, probe = _frames()
     inputs = adapter_for(["Qwen2_5_VLForConditionalGeneration"]).video_inputs("p", frames, probe, 2.0, None)
     _, meta = inputs["multi_modal_data"]["video"]
-    assert inputs["mm_processor_kwargs"]["video_metadata"] == {
-        "fps": 30.0, "duration": 2.0, "total_num_frames": 60, "frames_indices": [8, 22, 38, 52], "height": 56,
-        "width": 84,
-    }
+    expected = {"fps": 30.0, "duration": 2.0, "total_num_frames": 60, "frames_indices": [8, 22, 38, 52]}
+    assert inputs["mm_processor_kwargs"]["video_metadata"] == {**expected, "height": 56, "width": 84}
+    assert meta.items() >= expected.items()  # the same timing as the metadata beside the frames
 
 
 def _processed_video(model: Path, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -126,7 +132,9 @@ def _processed_video(model: Path, inputs: dict[str, Any]) -> dict[str, Any]:
     return processor.apply(request, TimingContext())["mm_kwargs"].get_data()
 
 
-@pytest.mark.parametrize(("seconds", "fps_used", "span"), [(8.0, 0.5, None), (2.0, 2.0, None), (60.0, 1.0, (40.0, 48.0))])
+@pytest.mark.parametrize(
+    ("seconds", "fps_used", "span"), [(8.0, 0.5, None), (2.0, 2.0, None), (60.0, 1.0, (40.0, 48.0))]
+)
 def test_qwen2_5_vl_temporal_positions_follow_the_true_sampling_rate(
     tiny_model: Path, seconds: float, fps_used: float, span: tuple[float, float] | None
 ) -> None:
@@ -135,15 +143,25 @@ def test_qwen2_5_vl_temporal_positions_follow_the_true_sampling_rate(
     start, end = span or (0.0, seconds)
     stamps = [start + (i + 0.5) / fps_used for i in range(round((end - start) * fps_used))]
     frames = DecodedFrames(
-        frames=np.zeros((len(stamps), 56, 56, 3), dtype=np.uint8), timestamps=stamps,
+        frames=np.zeros((len(stamps), 56, 56, 3), dtype=np.uint8),
+        timestamps=stamps,
         indices=[round(t * 30) for t in stamps],
     )
     probe = Probe(
-        duration=seconds, width=56, height=56, fps=30.0, rotation=0, codec="h264", start_time=0.0,
-        has_audio=False, audio_seconds=0.0,
+        duration=seconds,
+        width=56,
+        height=56,
+        fps=30.0,
+        rotation=0,
+        codec="h264",
+        start_time=0.0,
+        has_audio=False,
+        audio_seconds=0.0,
     )
     prompt = "<|vision_start|><|video_pad|><|vision_end|>Describe."
-    inputs = adapter_for(["Qwen2_5_VLForConditionalGeneration"]).video_inputs(prompt, frames, probe, fps_used, None, span)
+    inputs = adapter_for(["Qwen2_5_VLForConditionalGeneration"]).video_inputs(
+        prompt, frames, probe, fps_used, None, span
+    )
     processed = _processed_video(tiny_model, inputs)
     assert processed["video_grid_thw"].tolist() == [[len(stamps) // 2, 4, 4]]
     assert processed["second_per_grid_ts"].tolist() == [pytest.approx(2 / fps_used, rel=0.01)]

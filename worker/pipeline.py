@@ -21,7 +21,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -64,6 +64,7 @@ from worker.schema import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")  # not PEP 695 syntax: the worker also runs on Python 3.11
 
 Progress = Callable[[dict[str, Any]], None]
 # Tokens kept free in a summary request besides the template, the answer and the segment lines.
@@ -747,7 +748,7 @@ async def _workspace(settings: Settings) -> AsyncIterator[Path]:
         await asyncio.to_thread(manager.__exit__, None, None, None)
 
 
-async def _all[T](calls: Iterator[Awaitable[T]]) -> list[T]:
+async def _all(calls: Iterator[Awaitable[T]]) -> list[T]:
     """Run ``calls`` together; when one fails or the caller is cancelled, the others are cancelled."""
     tasks = [asyncio.ensure_future(call) for call in calls]
     try:
