@@ -6,6 +6,11 @@ engine and clip.
 
     python bench/gpu_check.py --family qwen2_5_omni --process-audio false true   # prints RESULT {json}
     python bench/gpu_check.py --family qwen2_5_omni --process-audio true --decoders processes threads
+    python bench/gpu_check.py --family video_salmonn2_plus --fps 2 --max-frames 120 --process-audio false true
+
+Every job of a run sends the same clip: vLLM's prefix and multimodal-processor caches are emptied before
+each measurement, but within one the later jobs may be served from them. For throughput on distinct
+videos use bench/e2e.py.
 """
 
 from __future__ import annotations
@@ -50,12 +55,22 @@ async def measure_all(services: dict[str, CaptionService], video: Path, args: ar
     for audio in args.process_audio:
         for name, service in services.items():
             key = f"process_audio={audio}" + (f" decoders={name}" if len(services) > 1 else "")
-            figures[key] = await measure(service, video, args.concurrency, args.max_tokens, audio)
+            llm = service.engine.get().llm
+            await llm.reset_mm_cache()
+            await llm.reset_prefix_cache()
+            figures[key] = await measure(service, video, args, audio)
     return figures
 
 
-async def measure(service: CaptionService, video: Path, concurrency: int, max_tokens: int, audio: bool) -> dict:
-    job = {"video": str(video), "max_tokens": max_tokens, "process_audio": audio}
+def job_for(video: Path, args: argparse.Namespace, audio: bool) -> dict:
+    """The job every request of a run sends; fps and max_frames only when asked (else the worker's defaults)."""
+    job = {"video": str(video), "max_tokens": args.max_tokens, "process_audio": audio}
+    return job | {name: value for name in ("fps", "max_frames") if (value := getattr(args, name)) is not None}
+
+
+async def measure(service: CaptionService, video: Path, args: argparse.Namespace, audio: bool) -> dict:
+    concurrency = args.concurrency
+    job = job_for(video, args, audio)
     # The first job pays one-time processor set-up in vLLM's front end; report it apart.
     t = time.perf_counter()
     first = await service.handle(job)
@@ -96,6 +111,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=512)
+    parser.add_argument("--fps", type=float, help="the job's fps (default: the worker's)")
+    parser.add_argument("--max-frames", type=int, help="the job's max_frames (default: the worker's)")
     parser.add_argument("--size", default="7b")
     parser.add_argument("--family", default="qwen2_5_vl")
     parser.add_argument(
@@ -143,6 +160,7 @@ def main() -> None:
         "decode_workers": {name: pool.workers for name, pool in pools.items()},
         "max_model_len": settings.max_model_len,
         "max_tokens": args.max_tokens,
+        "job_fps_max_frames": [args.fps, args.max_frames],  # None: the worker's defaults
         "gpu_memory_used_mib": gpu_memory_used_mib(),
         "runs": figures,
     }
