@@ -14,6 +14,9 @@ Variants, each at every concurrency (jobs in flight at once):
                the decoder processes, DECODE_WORKERS of them, default one per core; engine); concurrency 1
                is "one job at a time";
 - worker_threads: the same with DECODE_WORKERS=0: probe and decode in threads of the worker process;
+- worker_nice, worker_lean: the worker with its decoder processes tuned, to find what keeps the engine
+               fed at high concurrency: nice 10 (below the serving process, which feeds the GPU), or
+               cores / DECODE_WORKERS FFmpeg threads per decode instead of one per core in each process;
 - engine:      the same clips decoded beforehand by the worker's own code, only AsyncLLM.generate timed:
                the ceiling the worker can reach;
 - vllm_loader: the clip handed to vLLM's own loader as its chat front end does for a file:// video_url
@@ -49,13 +52,14 @@ from tests.media_factory import make_video
 from worker.compile_cache import configure_compile_caches
 from worker.config import Settings
 from worker.decode import decode_span
-from worker.decode_pool import DecodePool, start_decoders
+from worker.decode_pool import DecodePool, default_workers, start_decoders
 from worker.engine import Engine, EngineSlot
 from worker.pipeline import CaptionService, _sampling
 from worker.schema import parse_request
 
 log = logging.getLogger("bench.e2e")
-VARIANTS = ("worker", "worker_threads", "engine", "vllm_loader")
+VARIANTS = ("worker", "worker_threads", "worker_nice", "worker_lean", "engine", "vllm_loader")
+TUNED = ("worker_nice", "worker_lean")
 DEFAULT_VARIANTS = ("worker", "engine", "vllm_loader")
 CLIP_VERSION = 1
 
@@ -148,6 +152,7 @@ class Bench:
         self.service = service
         # The same service decoding in threads of this process (DECODE_WORKERS=0), for worker_threads.
         self.threads_service = CaptionService(service.settings, service.engine, DecodePool(0))
+        self.tuned: dict[str, CaptionService] = {}
         self.engine = engine
         self.clips = clips
         self.args = args
@@ -194,8 +199,8 @@ class Bench:
 
     async def one(self, variant: str, i: int) -> dict[str, Any]:
         started = time.perf_counter()
-        if variant in ("worker", "worker_threads"):
-            service = self.service if variant == "worker" else self.threads_service
+        if variant in ("worker", "worker_threads", *TUNED):
+            service = {"worker": self.service, "worker_threads": self.threads_service, **self.tuned}[variant]
             out = await service.handle(self.jobs[i])
             if "error" in out:
                 raise RuntimeError(f"clip {i}: {out['error']}")
@@ -274,7 +279,7 @@ def ratios(figures: dict[str, dict[str, Any]], levels: list[int]) -> dict[str, A
         worker = rate("worker", level)
         if worker is None:
             continue
-        for other in ("worker_threads", "engine", "vllm_loader"):
+        for other in ("worker_threads", *TUNED, "engine", "vllm_loader"):
             if rate(other, level):
                 out[f"worker_over_{other}_c{level}"] = round(worker / rate(other, level), 3)
         if level != 1 and rate("worker", 1):
@@ -389,6 +394,16 @@ def main() -> None:
     start_s = time.perf_counter() - t
     service = CaptionService(settings, slot, start_decoders(settings))
     bench = Bench(service, engine, clips, args)
+    workers = service.decoder.workers
+    tuning = {
+        "worker_nice": {"nice": 10},
+        "worker_lean": {"frame_threads": max(1, default_workers() // max(1, workers))},
+    }
+    for name in TUNED:
+        if name in variants:
+            pool = DecodePool(workers, **tuning[name])
+            pool.start()
+            bench.tuned[name] = CaptionService(settings, slot, pool)
     if "engine" in variants:
         bench.predecode()
     if "vllm_loader" in variants:
@@ -401,6 +416,7 @@ def main() -> None:
         "device": _device(),
         "model": model if args.model else f"{args.family} {args.size} dummy weights",
         "decode_workers": service.decoder.workers,
+        "tuned_decoders": {name: tuning[name] for name in bench.tuned},
         "load_format": args.load_format,
         "clips": f"{args.clips} x {args.seconds:g} s {args.width}x{args.height} H.264 30 fps + AAC (generated)",
         "request": {
@@ -429,7 +445,8 @@ def main() -> None:
     print("RESULT " + json.dumps(result), flush=True)
     # asyncio.run has closed the loop the engine's output task lived on; stop the engine process directly.
     engine.shutdown()
-    service.decoder.shutdown()
+    for decoders in [service.decoder, *(tuned.decoder for tuned in bench.tuned.values())]:
+        decoders.shutdown()
 
 
 def _device() -> str:

@@ -62,6 +62,29 @@ def test_processes_deliver_exactly_what_threads_deliver(pool: DecodePool, clip: 
     assert np.array_equal(audio.samples, audio_p.samples) and audio_p.samples.dtype == np.float32
 
 
+def _frame_threads() -> int:
+    import worker.decode
+
+    return worker.decode._frame_threads
+
+
+def test_tuned_decoder_processes_run_below_the_server_and_decode_the_same_frames(clip: Path) -> None:
+    """The knobs bench/e2e.py compares (worker_nice, worker_lean) take effect in the decoder processes and
+    change nothing in what they deliver."""
+    info = probe(clip)
+    args = (clip, info, [0.0, 0.7, 1.4, 2.9], (112, 140), (0.5, 2.5))
+    tuned = DecodePool(1, nice=5, frame_threads=1)
+    tuned.start()
+    try:
+        assert tuned.call(os.nice, 0) == os.nice(0) + 5
+        assert tuned.call(_frame_threads) == 1 and _frame_threads() == 0
+        (frames, audio), (frames_t, audio_t) = DecodePool(0).call(decode_span, *args), tuned.call(decode_span, *args)
+        assert np.array_equal(frames.frames, frames_t.frames) and frames.timestamps == frames_t.timestamps
+        assert audio is not None and audio_t is not None and np.array_equal(audio.samples, audio_t.samples)
+    finally:
+        tuned.shutdown()
+
+
 @pytest.mark.parametrize(
     "error",
     [

@@ -38,6 +38,14 @@ _EXIF_ORIENTATION = 0x0112
 # Seek to the keyframe before the next wanted instant when it lies this far (seconds) past the last frame
 # decoded; nearer, the frames in flight in the decoder (reordering, frame threads) would be decoded twice.
 SEEK_MIN_GAP = 1.0
+# FFmpeg threads per decode; 0 lets FFmpeg choose (one per core). Set per decoder process (decode_pool).
+_frame_threads = 0
+
+
+def set_frame_threads(count: int) -> None:
+    """FFmpeg threads for each decode in this process from now on; 0: FFmpeg's choice."""
+    global _frame_threads
+    _frame_threads = count
 
 
 @dataclass(frozen=True)
@@ -311,6 +319,8 @@ def _decode_at(
     with _open(path, max_pixels) as container:
         stream = _video_stream(container, max_pixels)
         stream.thread_type = "AUTO"
+        if _frame_threads:
+            stream.thread_count = _frame_threads
         context = stream.codec_context
         time_base = stream.time_base or Fraction(1, 1_000_000)
         pending = list(timestamps)

@@ -89,8 +89,16 @@ class DecodePool:
     """Runs blocking media calls (module-level functions of ``worker.decode``) off the serving process's
     GIL. ``workers`` 0: in threads of this process instead (DECODE_WORKERS=0)."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, nice: int = 0, frame_threads: int = 0) -> None:
         self.workers = workers
+        # Tuning under evaluation (bench/e2e.py variants worker_nice, worker_lean); 0 leaves each as is.
+        # nice: the decoder processes' CPU priority below the serving process's, which feeds the GPU;
+        # frame_threads: FFmpeg threads per decode (FFmpeg's own choice is one per core, in every process).
+        self._init = _FIND_WORKER
+        if nice:
+            self._init += f"\nimport os\nos.nice({int(nice)})"
+        if frame_threads:
+            self._init += f"\nimport worker.decode\nworker.decode.set_frame_threads({int(frame_threads)})"
         self._context = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload(_PRELOAD)  # takes effect when the fork server first starts
         self._lock = threading.Lock()
@@ -170,7 +178,7 @@ class DecodePool:
 
     def _new(self, workers: int) -> ProcessPoolExecutor:
         # exec: a builtin, so the initializer crosses to the process by name, before anything of ours.
-        return ProcessPoolExecutor(workers, mp_context=self._context, initializer=exec, initargs=(_FIND_WORKER,))
+        return ProcessPoolExecutor(workers, mp_context=self._context, initializer=exec, initargs=(self._init,))
 
     def pids(self) -> list[int]:
         """The decoder processes running now (none with threads)."""
