@@ -405,9 +405,14 @@ def audit() -> Iterator[None]:
 def test_no_worker_module_can_start_a_process() -> None:
     banned_modules = {"subprocess", "pty", "multiprocessing"}
     banned_calls = {"system", "popen", "execv", "execve", "execvp", "spawnv", "posix_spawn", "fork", "startfile"}
-    # The one exception: the decoder processes, started at cold start from a fork server with a fixed
-    # command line; they run the worker's own decode functions, never a command built from a job.
-    allowed = {ROOT / "worker" / "decode_pool.py": {"multiprocessing"}}
+    # The exceptions: the decoder processes, started at cold start from a fork server with a fixed
+    # command line, running the worker's own decode functions; and the bulk command's supervisor (a CLI,
+    # never reached from a job), which starts its engine processes as `python -m worker.bulk` with its own
+    # operator's arguments and lists GPUs with `nvidia-smi -L`. No command is ever built from a job.
+    allowed = {
+        ROOT / "worker" / "decode_pool.py": {"multiprocessing"},
+        ROOT / "worker" / "bulk.py": {"subprocess"},
+    }
     for path in sorted((ROOT / "worker").rglob("*.py")):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
@@ -415,6 +420,8 @@ def test_no_worker_module_can_start_a_process() -> None:
                 names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
                 roots = {n.split(".")[0] for n in names} - allowed.get(path, set())
                 assert not banned_modules & roots, (path, ast.dump(node))
+                if not path.name.startswith("bulk"):  # the serving side never loads the bulk supervisor
+                    assert not any(n == "worker.bulk" or n.startswith("worker.bulk.") for n in names), path
             if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "os":
                 assert node.attr not in banned_calls, (path, node.attr)
 
