@@ -507,7 +507,7 @@ def main() -> None:
     parser.add_argument("--concurrency", help="decodes under load at these levels, e.g. 1,4,16 (see above)")
     parser.add_argument("--jobs", type=int, help="--concurrency: jobs per level (default 2 x the level)")
     parser.add_argument("--decode-workers", type=int, help="--concurrency: decoder processes (default: cores)")
-    parser.add_argument("--audio", type=_bool, default=True, help="--concurrency: decode the sound too")
+    parser.add_argument("--audio", type=bool_arg, default=True, help="--concurrency: decode the sound too")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--video", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -582,7 +582,8 @@ def main() -> None:
     print(line, flush=True)
 
 
-def _bool(text: str) -> bool:
+def bool_arg(text: str) -> bool:
+    """argparse type for true/false options (bench/e2e.py uses it too)."""
     if text.lower() in ("1", "true", "yes", "on"):
         return True
     if text.lower() in ("0", "false", "no", "off"):

@@ -48,6 +48,7 @@ from typing import Any, Self
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.decode import bool_arg
 from tests.media_factory import make_video
 from worker.compile_cache import configure_compile_caches
 from worker.config import Settings
@@ -311,14 +312,6 @@ def print_table(figures: dict[str, dict[str, Any]], levels: list[int]) -> None:
     print()
 
 
-def _bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="model folder or id (default: a dummy qwen2_5_vl folder of --size)")
@@ -332,7 +325,7 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"from {','.join(VARIANTS)}")
     parser.add_argument("--family", default="qwen2_5_vl", help="dummy model family when --model is not given")
-    parser.add_argument("--process-audio", type=_bool, default=False, help="jobs hear the sound (audio models)")
+    parser.add_argument("--process-audio", type=bool_arg, default=False, help="jobs hear the sound (audio models)")
     parser.add_argument("--decode-workers", type=int, help="DECODE_WORKERS of the worker variant (default: cores)")
     parser.add_argument("--fps", type=float, default=2.0)
     parser.add_argument("--max-frames", type=int, default=60)
@@ -340,7 +333,7 @@ def main() -> None:
     parser.add_argument("--max-model-len", type=int, default=32768)
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.90)
     parser.add_argument("--enforce-eager", action="store_true")
-    parser.add_argument("--enable-prefix-caching", type=_bool, help="ENABLE_PREFIX_CACHING (default: vLLM's)")
+    parser.add_argument("--enable-prefix-caching", type=bool_arg, help="ENABLE_PREFIX_CACHING (default: vLLM's)")
     parser.add_argument("--max-num-batched-tokens", type=int, help="MAX_NUM_BATCHED_TOKENS (default: vLLM's)")
     parser.add_argument("--mm-processor-cache-gb", type=float, help="MM_PROCESSOR_CACHE_GB (default: vLLM's)")
     parser.add_argument("--media-dir", type=Path, default=Path(tempfile.gettempdir()) / "bench-e2e-media")
