@@ -79,24 +79,29 @@ def test_omni_audio_tokens_match_the_real_processor_arithmetic(seconds: float) -
     assert Qwen25OmniAdapter().audio_tokens(0) == 0
 
 
-def _frames(n: int = 4) -> tuple[DecodedFrames, Probe]:
+def _sampled(stamps: list[float], seconds: float, height: int = 56, width: int = 84) -> tuple[DecodedFrames, Probe]:
+    """Black frames sampled at ``stamps`` from a 30 fps video of ``seconds`` with sound."""
     frames = DecodedFrames(
-        frames=np.zeros((n, 56, 84, 3), dtype=np.uint8),
-        timestamps=[0.25 + 0.5 * i for i in range(n)],
-        indices=[round((0.25 + 0.5 * i) * 30) for i in range(n)],
+        frames=np.zeros((len(stamps), height, width, 3), dtype=np.uint8),
+        timestamps=stamps,
+        indices=[round(t * 30) for t in stamps],
     )
     probe = Probe(
-        duration=n * 0.5,
-        width=84,
-        height=56,
+        duration=seconds,
+        width=width,
+        height=height,
         fps=30.0,
         rotation=0,
         codec="h264",
         start_time=0.0,
         has_audio=True,
-        audio_seconds=n * 0.5,
+        audio_seconds=seconds,
     )
     return frames, probe
+
+
+def _frames(n: int = 4) -> tuple[DecodedFrames, Probe]:
+    return _sampled([0.25 + 0.5 * i for i in range(n)], n * 0.5)
 
 
 def test_vision_inputs_carry_the_true_timing_and_no_resize() -> None:
@@ -142,22 +147,7 @@ def test_qwen2_5_vl_temporal_positions_follow_the_true_sampling_rate(
     computes it: without the metadata argument it assumed 24 fps, 0.083 s instead of 4 s at 0.5 fps."""
     start, end = span or (0.0, seconds)
     stamps = [start + (i + 0.5) / fps_used for i in range(round((end - start) * fps_used))]
-    frames = DecodedFrames(
-        frames=np.zeros((len(stamps), 56, 56, 3), dtype=np.uint8),
-        timestamps=stamps,
-        indices=[round(t * 30) for t in stamps],
-    )
-    probe = Probe(
-        duration=seconds,
-        width=56,
-        height=56,
-        fps=30.0,
-        rotation=0,
-        codec="h264",
-        start_time=0.0,
-        has_audio=False,
-        audio_seconds=0.0,
-    )
+    frames, probe = _sampled(stamps, seconds, height=56, width=56)
     prompt = "<|vision_start|><|video_pad|><|vision_end|>Describe."
     inputs = adapter_for(["Qwen2_5_VLForConditionalGeneration"]).video_inputs(
         prompt, frames, probe, fps_used, None, span

@@ -33,6 +33,11 @@ def bulk(*args: str) -> list[str]:
     return [sys.executable, "-m", "worker.bulk", "--no-progress", *args]
 
 
+def run_bulk(*args: str, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """``python -m worker.bulk --no-progress ARGS`` to its end, its output captured."""
+    return subprocess.run(bulk(*args), check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
 def build_manifest(folder: Path) -> tuple[Path, dict[str, str | None]]:
     """50 lines: captions, per-line overrides, bad media, bad options, bad lines and repeated keys. Returns
     the manifest and each key's expected outcome (None: a caption, else the error type)."""
@@ -149,9 +154,7 @@ def test_killed_run_resumes_with_every_key_once(
 
     # 2. Resumed with one engine: the shards of the killed run are merged, the torn line cut off, the
     #    rest captioned.
-    run2 = subprocess.run(
-        bulk(*args), check=False, cwd=ROOT, env=worker_env, capture_output=True, text=True, timeout=900
-    )
+    run2 = run_bulk(*args, env=worker_env, timeout=900)
     log2 = run2.stdout + run2.stderr
     assert run2.returncode == 0, log2[-5000:]
     assert "manifest: 2 duplicate keys, each captioned once for its first line" in log2
@@ -176,9 +179,7 @@ def test_killed_run_resumes_with_every_key_once(
 
     # 3. Nothing left: a rerun starts no engine and writes nothing.
     before = output.read_bytes()
-    run3 = subprocess.run(
-        bulk(*args, "--gpus", "2"), check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
-    )
+    run3 = run_bulk(*args, "--gpus", "2", env=env, timeout=120)
     assert run3.returncode == 0 and "0 to do" in run3.stderr, run3.stderr[-3000:]
     assert output.read_bytes() == before
 
@@ -206,9 +207,7 @@ def test_client_mode_against_the_local_api(
     output = tmp_path / "out.jsonl"
     args = ["--input", str(manifest), "--output", str(output), "--endpoint", api, "--concurrency", "3"]
     args += ["--defaults", json.dumps({"max_tokens": 6, "max_frames": 4, "fps": 4.0})]
-    run = subprocess.run(
-        bulk(*args), check=False, cwd=ROOT, env=worker_env, capture_output=True, text=True, timeout=600
-    )
+    run = run_bulk(*args, env=worker_env, timeout=600)
     assert run.returncode == 0, run.stderr[-5000:]
     keys, records = outcomes(output)
     assert sorted(keys) == sorted(r["id"] for r in rows)
@@ -218,9 +217,7 @@ def test_client_mode_against_the_local_api(
     assert records["missing"]["error"]["type"] == "fetch_error"
     # A streamed job's output on the endpoint is the list of its parts: the complete result is kept.
     assert records["chunked"]["result"]["num_chunks"] == 1 and len(records["chunked"]["result"]["segments"]) == 1
-    rerun = subprocess.run(
-        bulk(*args), check=False, cwd=ROOT, env=worker_env, capture_output=True, text=True, timeout=120
-    )
+    rerun = run_bulk(*args, env=worker_env, timeout=120)
     assert rerun.returncode == 0 and "0 keys to send" in rerun.stderr, rerun.stderr[-3000:]
     assert Counter(outcomes(output)[0]) == Counter(keys)
 
@@ -229,24 +226,9 @@ def test_client_mode_stops_on_a_refused_endpoint(worker_env: dict[str, str], tmp
     manifest = tmp_path / "m.jsonl"
     manifest.write_text(json.dumps({"id": "a", "video": "/tmp/a.mp4"}) + "\n")
     output = tmp_path / "out.jsonl"
-    run = subprocess.run(
-        bulk(
-            "--input",
-            str(manifest),
-            "--output",
-            str(output),
-            "--endpoint",
-            f"http://127.0.0.1:{free_port()}",
-            "--retries",
-            "2",
-        ),
-        check=False,
-        cwd=ROOT,
-        env=worker_env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    args = ["--input", str(manifest), "--output", str(output), "--endpoint", endpoint, "--retries", "2"]
+    run = run_bulk(*args, env=worker_env, timeout=120)
     assert run.returncode == 1 and "left for the next run" in run.stderr and "1 keys left" in run.stderr, run.stderr
     assert output.read_bytes() == b""
 
@@ -258,15 +240,7 @@ def test_an_engine_that_cannot_start_writes_nothing(
     manifest, expected = dataset
     output = tmp_path / "out.jsonl"
     env = worker_env | {"MODEL_NAME": str(tmp_path / "no-such-model")}
-    run = subprocess.run(
-        bulk("--input", str(manifest), "--output", str(output), "--gpus", "2"),
-        check=False,
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    run = run_bulk("--input", str(manifest), "--output", str(output), "--gpus", "2", env=env, timeout=600)
     assert run.returncode == 1, run.stderr[-3000:]
     assert "engine process 0 exited with 1" in run.stderr and "engine process 1 exited with 1" in run.stderr
     assert "the inference engine failed to start" in run.stderr and "no-such-model" in run.stderr
