@@ -67,11 +67,30 @@ class QwenAdapter(ModelAdapter):
         audio: AudioClip | None,
         span: tuple[float, float] | None = None,
     ) -> dict[str, Any]:
+        metadata = video_metadata(frames, probe, span)
+        heard = audio if audio is not None and self.audio_tokens(len(audio.samples)) > 0 else None
         return {
             "prompt": prompt,
-            "multi_modal_data": {"video": (frames.frames, video_metadata(frames, probe, span))},
-            "mm_processor_kwargs": dict(NO_RESIZE),
+            "multi_modal_data": {
+                "video": (frames.frames, self.video_item_metadata(metadata, fps_used, heard)),
+                **self.audio_items(heard),
+            },
+            "mm_processor_kwargs": NO_RESIZE | self.video_processor_kwargs(metadata, fps_used),
         }
+
+    # Where the families differ in what goes with the frames; each returns its part of the prompt dict.
+
+    def video_item_metadata(self, metadata: dict[str, Any], fps_used: float, audio: AudioClip | None) -> dict[str, Any]:
+        """The metadata that travels with the frames in their multimodal item."""
+        return metadata
+
+    def audio_items(self, audio: AudioClip | None) -> dict[str, Any]:
+        """Multimodal items of their own for the sound (``audio``: None when the model hears none)."""
+        return {}
+
+    def video_processor_kwargs(self, metadata: dict[str, Any], fps_used: float) -> dict[str, Any]:
+        """Arguments for the model's processor besides NO_RESIZE."""
+        return {}
 
     def image_inputs(self, prompt: str, image: np.ndarray) -> dict[str, Any]:
         return {"prompt": prompt, "multi_modal_data": {"image": image}, "mm_processor_kwargs": dict(NO_RESIZE)}

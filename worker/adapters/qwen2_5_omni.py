@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 from worker.adapters.base import MediaLimits
 from worker.adapters.qwen import QwenAdapter
-from worker.decode import AUDIO_SAMPLE_RATE, AudioClip, DecodedFrames, Probe
+from worker.decode import AUDIO_SAMPLE_RATE, AudioClip
 
 # Whisper-style front end: one mel frame per 160 samples (10 ms); the encoder's stride-2 convolution and
 # the thinker's 2x pooling leave one token per 40 ms, 25 per second.
@@ -44,19 +44,10 @@ class Qwen25OmniAdapter(QwenAdapter):
         encoder_frames = (mel_frames - 1) // 2 + 1
         return max(0, (encoder_frames - 2) // 2 + 1)
 
-    def video_inputs(
-        self,
-        prompt: str,
-        frames: DecodedFrames,
-        probe: Probe,
-        fps_used: float,
-        audio: AudioClip | None,
-        span: tuple[float, float] | None = None,
-    ) -> dict[str, Any]:
-        inputs = super().video_inputs(prompt, frames, probe, fps_used, audio, span)
-        # Unlike Qwen2.5-VL, the Omni processor takes the frame rate from this argument, not the metadata
-        # (it would assume 2 fps), to place the frames on the time axis of the position ids.
-        inputs["mm_processor_kwargs"]["fps"] = fps_used
-        if audio is not None and self.audio_tokens(len(audio.samples)) > 0:
-            inputs["multi_modal_data"]["audio"] = (audio.samples, AUDIO_SAMPLE_RATE)
-        return inputs
+    def video_processor_kwargs(self, metadata: dict[str, Any], fps_used: float) -> dict[str, Any]:
+        # The Omni processor takes the frame rate from this argument, not the metadata (it would assume
+        # 2 fps), to place the frames on the time axis of the position ids.
+        return {"fps": fps_used}
+
+    def audio_items(self, audio: AudioClip | None) -> dict[str, Any]:
+        return {} if audio is None else {"audio": (audio.samples, AUDIO_SAMPLE_RATE)}

@@ -12,9 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from worker.adapters.base import MediaLimits
 from worker.adapters.qwen import QwenAdapter
-from worker.decode import AudioClip, DecodedFrames, Probe
+from worker.decode import AudioClip
 from worker.schema import ChatMessage, MediaType
 from worker.vllm_plugin.salmonn_layout import MAX_AUDIO_SECONDS, audio_token_count
 
@@ -38,10 +37,6 @@ class VideoSalmonn2PlusAdapter(QwenAdapter):
     max_audio_seconds: ClassVar[float] = MAX_AUDIO_SECONDS
     audio_covers_span: ClassVar[bool] = True
     default_video_prompt: ClassVar[str | None] = CAPTION_PROMPT
-
-    def engine_kwargs(self, limits: MediaLimits) -> dict[str, Any]:
-        # The sound rides inside the video item (the plugin's processor takes both), so no "audio" limit.
-        return super().engine_kwargs(limits)
 
     def audio_tokens(self, num_samples: int) -> int:
         return audio_token_count(num_samples)
@@ -68,20 +63,7 @@ class VideoSalmonn2PlusAdapter(QwenAdapter):
             parts.append(f"<|im_start|>{turn.role}\n{content}<|im_end|>\n")
         return "".join(parts) + "<|im_start|>assistant\n"
 
-    def video_inputs(
-        self,
-        prompt: str,
-        frames: DecodedFrames,
-        probe: Probe,
-        fps_used: float,
-        audio: AudioClip | None,
-        span: tuple[float, float] | None = None,
-    ) -> dict[str, Any]:
-        inputs = super().video_inputs(prompt, frames, probe, fps_used, audio, span)
-        video, metadata = inputs["multi_modal_data"]["video"]
-        # The plugin places the frames on the time axis at this rate and takes the sound from the metadata.
-        metadata = {**metadata, "sampled_fps": fps_used}
-        if audio is not None and self.audio_tokens(len(audio.samples)) > 0:
-            metadata["audio"] = audio.samples
-        inputs["multi_modal_data"]["video"] = (video, metadata)
-        return inputs
+    def video_item_metadata(self, metadata: dict[str, Any], fps_used: float, audio: AudioClip | None) -> dict[str, Any]:
+        # The plugin places the frames on the time axis at this rate and takes the sound from the metadata:
+        # it rides inside the video item, so the engine needs no "audio" limit either.
+        return metadata | {"sampled_fps": fps_used} | ({} if audio is None else {"audio": audio.samples})
