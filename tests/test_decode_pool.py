@@ -19,7 +19,7 @@ from tests.fakes import FakeEngine, FakeEngineSlot, load_tokenizer
 from tests.media_factory import make_corrupt
 from worker.config import Settings
 from worker.decode import decode_span, packet_index, probe
-from worker.decode_pool import DecodePool, _cgroup_cpu_quota, _portable_call
+from worker.decode_pool import DecodePool, _cgroup_cpu_quota, _portable_call, start_decoders
 from worker.errors import (
     DecodeError,
     EngineError,
@@ -69,8 +69,8 @@ def _frame_threads() -> int:
 
 
 def test_tuned_decoder_processes_run_below_the_server_and_decode_the_same_frames(clip: Path) -> None:
-    """The knobs bench/e2e.py compares (worker_nice, worker_lean) take effect in the decoder processes and
-    change nothing in what they deliver."""
+    """The knobs bench/e2e.py compares (DECODE_NICE, FFmpeg threads) take effect in the decoder processes
+    and change nothing in what they deliver."""
     info = probe(clip)
     args = (clip, info, [0.0, 0.7, 1.4, 2.9], (112, 140), (0.5, 2.5))
     tuned = DecodePool(1, nice=5, frame_threads=1)
@@ -83,6 +83,16 @@ def test_tuned_decoder_processes_run_below_the_server_and_decode_the_same_frames
         assert audio is not None and audio_t is not None and np.array_equal(audio.samples, audio_t.samples)
     finally:
         tuned.shutdown()
+
+
+def test_the_workers_decoder_processes_run_decode_nice_below_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DECODE_WORKERS", "1")
+    monkeypatch.setenv("DECODE_NICE", "3")
+    decoders = start_decoders(Settings())
+    try:
+        assert decoders.uses_processes and decoders.call(os.nice, 0) == min(19, os.nice(0) + 3)
+    finally:
+        decoders.shutdown()
 
 
 @pytest.mark.parametrize(

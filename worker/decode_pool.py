@@ -91,9 +91,9 @@ class DecodePool:
 
     def __init__(self, workers: int, nice: int = 0, frame_threads: int = 0) -> None:
         self.workers = workers
-        # Tuning under evaluation (bench/e2e.py variants worker_nice, worker_lean); 0 leaves each as is.
-        # nice: the decoder processes' CPU priority below the serving process's, which feeds the GPU;
-        # frame_threads: FFmpeg threads per decode (FFmpeg's own choice is one per core, in every process).
+        # 0 leaves each as is. nice: the decoder processes' CPU priority below the serving process's
+        # (DECODE_NICE); frame_threads: FFmpeg threads per decode (FFmpeg's own choice is one per core, in
+        # every process), under evaluation by bench/e2e.py's variants worker_lean and worker_few.
         self._init = _FIND_WORKER
         if nice:
             self._init += f"\nimport os\nos.nice({int(nice)})"
@@ -274,7 +274,7 @@ def start_decoders(settings: Settings, shares: int = 1) -> DecodePool:
         workers = min(max(1, default_workers() // shares), max(settings.max_concurrency, settings.max_num_seqs))
     else:
         workers = settings.decode_workers
-    pool = DecodePool(workers)
+    pool = DecodePool(workers, nice=settings.decode_nice)
     try:
         pool.start()
     except Exception:
