@@ -14,9 +14,11 @@ Variants, each at every concurrency (jobs in flight at once):
                the decoder processes, DECODE_WORKERS of them, default one per core; engine); concurrency 1
                is "one job at a time";
 - worker_threads: the same with DECODE_WORKERS=0: probe and decode in threads of the worker process;
-- worker_nice, worker_lean: the worker with its decoder processes tuned, to find what keeps the engine
-               fed at high concurrency: nice 10 (below the serving process, which feeds the GPU), or
-               cores / DECODE_WORKERS FFmpeg threads per decode instead of one per core in each process;
+- worker_nice0, worker_lean, worker_few: the worker with its decoder processes set otherwise, to find
+               what keeps the engine fed at high concurrency: at the serving process's priority (nice 0,
+               the default before DECODE_NICE=10); cores / DECODE_WORKERS FFmpeg threads per decode
+               instead of one per core in each process; or a quarter as many processes with 4 FFmpeg
+               threads each, so fewer decodes share the cores and the first ones reach the engine sooner;
 - engine:      the same clips decoded beforehand by the worker's own code, only AsyncLLM.generate timed:
                the ceiling the worker can reach;
 - vllm_loader: the clip handed to vLLM's own loader as its chat front end does for a file:// video_url
@@ -59,8 +61,8 @@ from worker.pipeline import CaptionService, _sampling
 from worker.schema import parse_request
 
 log = logging.getLogger("bench.e2e")
-VARIANTS = ("worker", "worker_threads", "worker_nice", "worker_lean", "engine", "vllm_loader")
-TUNED = ("worker_nice", "worker_lean")
+VARIANTS = ("worker", "worker_threads", "worker_nice0", "worker_lean", "worker_few", "engine", "vllm_loader")
+TUNED = ("worker_nice0", "worker_lean", "worker_few")
 DEFAULT_VARIANTS = ("worker", "engine", "vllm_loader")
 CLIP_VERSION = 1
 
@@ -207,6 +209,7 @@ class Bench:
                 raise RuntimeError(f"clip {i}: {out['error']}")
             meta = out["metadata"]
             prompt_tokens, completion = meta["prompt_tokens"], meta["completion_tokens"]
+            timings = meta["timings"]
         else:
             if variant == "engine":
                 inputs = self.predecoded[i]
@@ -214,7 +217,7 @@ class Bench:
                 frames, metadata = await self.connector.fetch_video_async(
                     self.clips[i].as_uri(), video_processor=self.video_processor
                 )
-                pixels = self.engine.pixels
+                pixels = self.engine.pixels.video
                 inputs = {
                     "prompt": self.prompt,
                     "multi_modal_data": {"video": (frames, metadata)},
@@ -225,10 +228,14 @@ class Bench:
                 }
             generation = await self.engine.generate(inputs, self.sampling, f"{variant}-{i}-{uuid.uuid4().hex[:8]}")
             prompt_tokens, completion = generation.prompt_tokens, generation.completion_tokens
+            timings = {}
         return {
             "latency": time.perf_counter() - started,
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion,
+            # The worker's own split of each job (fetch+probe+plan, decode, engine request to last token): it
+            # shows whether jobs under load wait on their frames or on the engine.
+            **{f"{k}_s": v for k, v in timings.items()},
         }
 
     async def measure(self, variant: str, concurrency: int, count: int) -> dict[str, Any]:
@@ -254,16 +261,25 @@ class Bench:
             "gpu_busy": gpu.busy,
             "prompt_tokens_mean": round(statistics.mean(r["prompt_tokens"] for r in results), 1),
             "completion_tokens_mean": round(statistics.mean(r["completion_tokens"] for r in results), 1),
+            **{
+                f"{part}_mean_s": round(statistics.mean(r[f"{part}_s"] for r in results), 3)
+                for part in ("fetch", "decode", "inference")
+                if all(f"{part}_s" in r for r in results)
+            },
         }
 
 
-async def run_all(bench: Bench, variants: list[str], levels: list[int], serial_clips: int) -> dict[str, Any]:
+async def run_all(
+    bench: Bench, variants: list[str], levels: list[int], serial_clips: int, serial_variants: list[str]
+) -> dict[str, Any]:
     # The first jobs pay one-time set-up in vLLM's front end (processor, loader); not part of any figure.
     for variant in variants:
         await bench.one(variant, 0)
     figures: dict[str, dict[str, Any]] = {v: {} for v in variants}
     for concurrency in levels:
         for variant in variants:
+            if concurrency == 1 and variant not in serial_variants:
+                continue
             count = min(len(bench.clips), serial_clips) if concurrency == 1 else len(bench.clips)
             got = await bench.measure(variant, concurrency, count)
             figures[variant][str(concurrency)] = got
@@ -298,16 +314,20 @@ def ratios(figures: dict[str, dict[str, Any]], levels: list[int]) -> dict[str, A
 
 
 def print_table(figures: dict[str, dict[str, Any]], levels: list[int]) -> None:
-    print("\n| variant | concurrency | videos | videos/s | p50 latency s | GPU busy | prompt tokens | output tokens |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "\n| variant | concurrency | videos | videos/s | p50 latency s | GPU busy | prompt tokens | output tokens "
+        "| mean decode / inference s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for variant, by_level in figures.items():
         for level in levels:
             f = by_level.get(str(level))
             if f:
                 busy = "-" if f["gpu_busy"] is None else f"{f['gpu_busy']:.0%}"
+                split = f"{f['decode_mean_s']:.2f} / {f['inference_mean_s']:.2f}" if "decode_mean_s" in f else "-"
                 print(
                     f"| {variant} | {level} | {f['videos']} | {f['videos_per_s']:.3f} | {f['latency_p50_s']:.2f} | "
-                    f"{busy} | {f['prompt_tokens_mean']:.0f} | {f['completion_tokens_mean']:.0f} |"
+                    f"{busy} | {f['prompt_tokens_mean']:.0f} | {f['completion_tokens_mean']:.0f} | {split} |"
                 )
     print()
 
@@ -319,6 +339,7 @@ def main() -> None:
     parser.add_argument("--load-format", default="dummy", help="dummy = random weights (default)")
     parser.add_argument("--clips", type=int, default=64)
     parser.add_argument("--serial-clips", type=int, default=16, help="clips timed at concurrency 1 (a rate)")
+    parser.add_argument("--serial-variants", help="the variants timed at concurrency 1 (default: all of --variants)")
     parser.add_argument("--seconds", type=float, default=30.0, help="length of each clip")
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--height", type=int, default=720)
@@ -348,8 +369,9 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     levels = [int(c) for c in args.concurrency.split(",")]
     variants = [v for v in args.variants.split(",") if v]
-    if set(variants) - set(VARIANTS):
-        parser.error(f"--variants from {VARIANTS}")
+    serial_variants = args.serial_variants.split(",") if args.serial_variants else variants
+    if set(variants) - set(VARIANTS) or set(serial_variants) - set(variants):
+        parser.error(f"--variants from {VARIANTS}; --serial-variants from --variants")
 
     t = time.perf_counter()
     clips = make_clips(args.media_dir, args.clips, args.seconds, args.width, args.height)
@@ -388,20 +410,26 @@ def main() -> None:
     service = CaptionService(settings, slot, start_decoders(settings))
     bench = Bench(service, engine, clips, args)
     workers = service.decoder.workers
-    tuning = {
-        "worker_nice": {"nice": 10},
-        "worker_lean": {"frame_threads": max(1, default_workers() // max(1, workers))},
+    cores = default_workers()
+    tuning: dict[str, dict[str, int]] = {
+        "worker_nice0": {"workers": workers, "nice": 0},
+        "worker_lean": {
+            "workers": workers,
+            "nice": settings.decode_nice,
+            "frame_threads": max(1, cores // max(1, workers)),
+        },
+        "worker_few": {"workers": max(1, cores // 4), "nice": settings.decode_nice, "frame_threads": 4},
     }
     for name in TUNED:
         if name in variants:
-            pool = DecodePool(workers, **tuning[name])
+            pool = DecodePool(**tuning[name])
             pool.start()
             bench.tuned[name] = CaptionService(settings, slot, pool)
     if "engine" in variants:
         bench.predecode()
     if "vllm_loader" in variants:
         bench.setup_vllm_loader()
-    figures = asyncio.run(run_all(bench, variants, levels, args.serial_clips))
+    figures = asyncio.run(run_all(bench, variants, levels, args.serial_clips, serial_variants))
     scheduler = engine.llm.vllm_config.scheduler_config
     result = {
         "bench": "e2e",
@@ -409,6 +437,7 @@ def main() -> None:
         "device": _device(),
         "model": model if args.model else f"{args.family} {args.size} dummy weights",
         "decode_workers": service.decoder.workers,
+        "decode_nice": settings.decode_nice,
         "tuned_decoders": {name: tuning[name] for name in bench.tuned},
         "load_format": args.load_format,
         "clips": f"{args.clips} x {args.seconds:g} s {args.width}x{args.height} H.264 30 fps + AAC (generated)",
