@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.media_factory import make_video
-from worker.dummy_model import build_dummy_model
+from worker.dummy_model import cached_dummy_model
 
 RATE = re.compile(r"(\d+) lines written \((\d+) captions, errors: (.*?)\), ([\d.]+) videos/s after the first")
 
@@ -84,7 +84,7 @@ def main() -> None:
     generate_s = time.perf_counter() - t
     manifest = work / "manifest.jsonl"
     manifest.write_text("".join(json.dumps({"id": p.stem, "video": f"clips/{p.name}"}) + "\n" for p in paths))
-    model = build_dummy_model(work / f"{args.family}-{args.size}", args.family, args.size)
+    model = cached_dummy_model(args.family, args.size)
     env = dict(os.environ, MODEL_NAME=str(model), LOAD_FORMAT="dummy", WORK_DIR=str(work / "jobs"))
     if args.enforce_eager:
         env["ENFORCE_EAGER"] = "true"

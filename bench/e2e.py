@@ -380,9 +380,9 @@ def main() -> None:
     if args.model:
         model = args.model
     else:
-        from worker.dummy_model import build_dummy_model
+        from worker.dummy_model import cached_dummy_model
 
-        model = str(build_dummy_model(work / f"{args.family}-{args.size}", args.family, args.size))
+        model = str(cached_dummy_model(args.family, args.size))
     settings = Settings(
         model_name=model,
         load_format=args.load_format,

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.media_factory import make_video  # noqa: E402
 from worker.config import Settings  # noqa: E402
 from worker.decode_pool import DecodePool, start_decoders  # noqa: E402
-from worker.dummy_model import build_dummy_model  # noqa: E402
+from worker.dummy_model import cached_dummy_model  # noqa: E402
 from worker.engine import EngineSlot  # noqa: E402
 from worker.pipeline import CaptionService  # noqa: E402
 
@@ -134,7 +134,7 @@ def main() -> None:
     t = time.perf_counter()
     video = make_video(work / "clip_720p_60s.mp4", seconds=60, fps=30, width=1280, height=720, audio="aac")
     make_s = time.perf_counter() - t
-    model = build_dummy_model(work / f"{args.family}-{args.size}", args.family, args.size)
+    model = cached_dummy_model(args.family, args.size)
     settings = Settings(
         model_name=str(model),
         load_format="dummy",

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.media_factory import loop_video, make_video
 from worker.config import Settings
-from worker.dummy_model import build_dummy_model
+from worker.dummy_model import cached_dummy_model
 from worker.engine import EngineSlot
 from worker.pipeline import CaptionService
 
@@ -143,7 +143,7 @@ def main() -> None:
         if args.loop > 1:
             video = loop_video(video, work / "looped.mp4", args.loop)
     make_s = time.perf_counter() - t
-    model = build_dummy_model(work / f"{args.family}-{args.size}", args.family, args.size)
+    model = cached_dummy_model(args.family, args.size)
     engine_settings: dict[str, Any] = {}
     if args.cpu:
         engine_settings = {"max_model_len": 4096, "gpu_memory_utilization": 0.25, "enforce_eager": True}

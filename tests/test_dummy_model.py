@@ -21,6 +21,7 @@ from worker.dummy_model import (
     QWEN2_BASE_VOCAB_SIZE,
     build_dummy_model,
     byte_level_alphabet,
+    cached_dummy_model,
     main,
 )
 
@@ -107,6 +108,15 @@ def test_rebuild_into_same_folder_is_idempotent(tmp_path: Path) -> None:
     before = {p.name: p.read_bytes() for p in first.iterdir()}
     build_dummy_model(tmp_path, "qwen2_5_vl", "tiny")
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_cached_dummy_model_keeps_one_path_per_family_and_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Benchmarks start engines on it: vLLM's torch.compile cache is keyed by the model path."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr("tempfile.tempdir", None)  # tempfile caches the folder it found first
+    first = cached_dummy_model("qwen2_5_vl", "tiny")
+    assert first == cached_dummy_model("qwen2_5_vl", "tiny") == tmp_path / "dummy-models" / "qwen2_5_vl-tiny"
+    assert (first / "config.json").is_file() and cached_dummy_model("qwen2_vl", "tiny") != first
 
 
 def test_unknown_family_or_size_is_rejected(tmp_path: Path) -> None:
