@@ -391,7 +391,7 @@ def main() -> None:
         enforce_eager=args.enforce_eager,
         max_num_seqs=max(levels),
         max_concurrency=max(levels),
-        max_frames_limit=max(100, args.max_frames),
+        max_frames_limit=max(Settings.model_fields["max_frames_limit"].default, args.max_frames),
         enable_prefix_caching=args.enable_prefix_caching,
         max_num_batched_tokens=args.max_num_batched_tokens,
         mm_processor_cache_gb=args.mm_processor_cache_gb,

@@ -142,8 +142,8 @@ def main() -> None:
         allowed_media_roots=[work],
         work_dir=work / "jobs",
         decode_workers=args.decode_workers,
-        # The deployment's default limit (100) would refuse e.g. fps 2 over the 60 s clip.
-        max_frames_limit=max(100, args.max_frames or 0),
+        # The deployment's default limit would refuse e.g. fps 2 over the 60 s clip (120 frames).
+        max_frames_limit=max(Settings.model_fields["max_frames_limit"].default, args.max_frames or 0),
     )
     t = time.perf_counter()
     slot = EngineSlot()
