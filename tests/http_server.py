@@ -64,7 +64,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.reply(200, self.server.clip, {"Content-Type": "video/mp4"})
 
     def route_slow_clip_mp4(self) -> None:
-        time.sleep(1.5)
+        time.sleep(1.0)
         self.route_clip_mp4()
 
     def route_redirect(self) -> None:

@@ -121,7 +121,9 @@ def _alive(pid: int) -> bool:
 @pytest.fixture(scope="module")
 def worker(worker_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
     log = tmp_path_factory.mktemp("logs") / "reliability_api.log"
-    env = worker_env | SECRETS | {"DOWNLOAD_TIMEOUT": "3"}
+    # Short, so the stalling-server cases end quickly, yet 5 s above the slow clip's 1 s wait: on CI's two
+    # cores under 16 jobs, a 1.5 s wait once took longer than a 3 s deadline.
+    env = worker_env | SECRETS | {"DOWNLOAD_TIMEOUT": "6"}
     with serve_api(env, log) as url:
         port = url.rsplit(":", 1)[1]
         pids = [
@@ -296,7 +298,7 @@ def load_jobs(video: Callable[..., Path], media_dir: Path, hostile_server: str) 
             seconds = 1.0 + 0.5 * (i % len(clips))
             job = {"video": str(clip), "fps": 4.0, "max_frames": frames, "max_tokens": 4 + i % 5, "seed": i}
             jobs.append(LoadJob(job, "ok", seconds, frames, via_run))
-        elif i % 5 == 2:  # 20 %: slow (the server waits 1.5 s; 48 tokens to generate)
+        elif i % 5 == 2:  # 20 %: slow (the server waits 1 s; 48 tokens to generate)
             job = {"video": f"{hostile_server}/slow-clip.mp4", "max_frames": 2, "max_tokens": 48, "seed": i}
             jobs.append(LoadJob(job, "ok", 2.0, 2, via_run))
         else:  # 40 %: bad in every way
