@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.http_server import HostileServer
 from worker.config import Settings
 from worker.errors import FetchError
 from worker.media import fetch_media, job_workspace
@@ -55,7 +56,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    # tests.http_server's server class: it does not print a traceback when a client drops a connection,
+    # which the size caps and timeouts here do on purpose.
+    httpd = HostileServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
