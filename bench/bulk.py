@@ -25,8 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.media_factory import make_video
-from worker.dummy_model import cached_dummy_model
+from worker.devtools.media import make_video
+from worker.devtools.dummy_model import cached_dummy_model
 
 RATE = re.compile(r"(\d+) lines written \((\d+) captions, errors: (.*?)\), ([\d.]+) videos/s after the first")
 

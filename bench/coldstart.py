@@ -132,7 +132,7 @@ def main() -> None:
     if args.model:
         model = args.model
     else:
-        from worker.dummy_model import build_dummy_model
+        from worker.devtools.dummy_model import build_dummy_model
 
         model = str(build_dummy_model(base / f"qwen2_5_vl-{args.size}", "qwen2_5_vl", args.size))
     env = {k: v for k, v in os.environ.items() if k not in _CACHE_ENV}

@@ -6,7 +6,7 @@
 
 
 Variants, each run in a fresh subprocess so peak RSS is its own:
-- ours:      worker.decode (probe + decode_frames), exactly as worker/pipeline.py calls it;
+- ours:      worker.media.decode (probe + decode_frames), exactly as worker/job/service.py calls it;
 - naive:     PyAV with its defaults, every frame decoded to a full-resolution RGB array, the frames shown
              at the planned instants picked, then resized to the model size;
 - vllm:      vLLM 0.26's own loader as its chat front end uses it for a file:// video of a Qwen2.5-VL
@@ -16,7 +16,7 @@ Variants, each run in a fresh subprocess so peak RSS is its own:
 - qwen:      qwen-vl-utils' fetch_video (decord reader, as `pip install qwen-vl-utils[decord]` gives),
              asked for the same frame size (bench/requirements.txt).
 Every variant gets the same rate; the frame count is capped at 768 (vLLM's and qwen-vl-utils' cap), and
-the model size is what worker.frame_plan picks for that count with the worker's default settings. Where
+the model size is what worker.media.frame_plan picks for that count with the worker's default settings. Where
 a variant returns full-size frames, cv2 INTER_LINEAR resizes them (the cheapest reasonable resize: it
 favours them; ours scales with swscale's AREA filter, better against aliasing and dearer).
 Wall time is one job's latency (ours decodes with frame threads); CPU time (all threads) is what bounds
@@ -24,7 +24,7 @@ throughput when many jobs decode at once. Both are medians of --repeat runs, int
 the machine hits every variant alike.
 
 With --concurrency, a different measurement: N whole-job decodes at once (probe, packet index, frames
-and sound, exactly the calls worker/pipeline.py makes, through worker/decode_pool.py) in threads of one
+and sound, exactly the calls worker/job/service.py makes, through worker/media/pool.py) in threads of one
 process (DECODE_WORKERS=0) and in decoder processes (DECODE_WORKERS, default one per core), interleaved
 level by level: jobs/s and p50/p95 latency of each.
 Ends with one line `RESULT {json}`.
@@ -93,7 +93,7 @@ def make_clip(media_dir: Path, clip: Clip) -> Path:
     """H.264 30 fps + AAC from the suite's generator, textured so decoding costs what real footage does.
     Cached in ``media_dir`` by name. Long clips are copies of the 1-loop clip remuxed end to end (no
     re-encoding): encoding 18,000 textured 720p frames would take ~9 minutes on 2 cores."""
-    from tests.media_factory import make_video
+    from worker.devtools.media import make_video
 
     path = media_dir / clip.file_name()
     if path.exists():
@@ -160,11 +160,11 @@ class Plan:
 
 
 def plan_for(path: Path, fps: float) -> Plan:
-    """What worker/pipeline.py plans for this video and rate (Qwen2.5-VL geometry, default settings)."""
-    from worker.adapters.qwen2_5_vl import Qwen25VLAdapter
+    """What worker/job/service.py plans for this video and rate (Qwen2.5-VL geometry, default settings)."""
+    from worker.models.adapters.qwen2_5_vl import Qwen25VLAdapter
     from worker.config import Settings
-    from worker.decode import probe
-    from worker.frame_plan import fit_frame_size, plan_timestamps
+    from worker.media.decode import probe
+    from worker.media.frame_plan import fit_frame_size, plan_timestamps
 
     settings = Settings()
     adapter = Qwen25VLAdapter()
@@ -186,7 +186,7 @@ def plan_for(path: Path, fps: float) -> Plan:
 
 
 def run_ours(path: Path, fps: float, plan: Plan) -> dict[str, Any]:
-    from worker.decode import decode_frames, probe
+    from worker.media.decode import decode_frames, probe
 
     info = probe(path)
     got = decode_frames(path, info, plan.timestamps, plan.size)
@@ -270,7 +270,7 @@ RUNNERS = {
 }
 # What each variant imports before its clock starts; the libraries' own import time is not decode time.
 PRELOAD = {
-    "ours": ("av", "numpy", "worker.decode"),
+    "ours": ("av", "numpy", "worker.media.decode"),
     "naive": ("av", "numpy", "cv2"),
     "vllm": ("cv2", "vllm.multimodal.media.connector"),
     "vllm_pyav": ("av", "cv2", "vllm.multimodal.media.connector"),
@@ -367,8 +367,8 @@ def machine() -> str:
 
 def load_job(path: Path, fps: float, audio: bool) -> dict[str, Any]:
     """A default video request's decode inputs: the planned instants and size, and the sound window."""
-    from worker.decode import probe
-    from worker.frame_plan import audio_window
+    from worker.media.decode import probe
+    from worker.media.frame_plan import audio_window
 
     plan = plan_for(path, fps)
     info = probe(path)
@@ -381,7 +381,7 @@ async def decode_like_the_pipeline(pool: Any, path: Path, job: dict[str, Any]) -
     of frames and samples delivered)."""
     import asyncio
 
-    from worker.decode import decode_span, packet_index, probe
+    from worker.media.decode import decode_span, packet_index, probe
 
     started = time.perf_counter()
     plan: Plan = job["plan"]
@@ -404,7 +404,7 @@ def percentile(values: list[float], q: float) -> float:
 def run_load(args: argparse.Namespace) -> None:
     import asyncio
 
-    from worker.decode_pool import DecodePool, default_workers
+    from worker.media.pool import DecodePool, default_workers
 
     levels = [int(c) for c in args.concurrency.split(",")]
     clip = next(c for c in clips(False) if c.name == (args.clips or "720p_60s_longgop").split(",")[0])

@@ -51,14 +51,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.decode import bool_arg
-from tests.media_factory import make_video
+from worker.devtools.media import make_video
 from worker.compile_cache import configure_compile_caches
 from worker.config import Settings
-from worker.decode import decode_span
-from worker.decode_pool import DecodePool, default_workers, start_decoders
+from worker.media.decode import decode_span
+from worker.media.pool import DecodePool, default_workers, start_decoders
 from worker.engine import Engine, EngineSlot
-from worker.pipeline import CaptionService, _sampling
-from worker.schema import parse_request
+from worker.job.service import CaptionService, _sampling
+from worker.api.schema import parse_request
 
 log = logging.getLogger("bench.e2e")
 VARIANTS = ("worker", "worker_threads", "worker_nice0", "worker_lean", "worker_few", "engine", "vllm_loader")
@@ -380,7 +380,7 @@ def main() -> None:
     if args.model:
         model = args.model
     else:
-        from worker.dummy_model import cached_dummy_model
+        from worker.devtools.dummy_model import cached_dummy_model
 
         model = str(cached_dummy_model(args.family, args.size))
     settings = Settings(

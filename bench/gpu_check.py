@@ -28,12 +28,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.media_factory import make_video  # noqa: E402
+from worker.devtools.media import make_video  # noqa: E402
 from worker.config import Settings  # noqa: E402
-from worker.decode_pool import DecodePool, start_decoders  # noqa: E402
-from worker.dummy_model import cached_dummy_model  # noqa: E402
+from worker.media.pool import DecodePool, start_decoders  # noqa: E402
+from worker.devtools.dummy_model import cached_dummy_model  # noqa: E402
 from worker.engine import EngineSlot  # noqa: E402
-from worker.pipeline import CaptionService  # noqa: E402
+from worker.job.service import CaptionService  # noqa: E402
 
 
 def gpu_memory_used_mib() -> int | None:

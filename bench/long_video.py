@@ -25,11 +25,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.media_factory import loop_video, make_video
+from worker.devtools.media import loop_video, make_video
 from worker.config import Settings
-from worker.dummy_model import cached_dummy_model
+from worker.devtools.dummy_model import cached_dummy_model
 from worker.engine import EngineSlot
-from worker.pipeline import CaptionService
+from worker.job.service import CaptionService
 
 
 def process_tree(root: int) -> list[int]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.media_factory import make_video
+from worker.devtools.media import make_video
 
 
 @pytest.fixture(scope="session")
@@ -32,7 +32,7 @@ def video(media_dir: Path) -> Callable[..., Path]:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from worker.dummy_model import build_dummy_model
+    from worker.devtools.dummy_model import build_dummy_model
 
     return build_dummy_model(tmp_path_factory.mktemp("models") / "tiny-qwen2_5_vl", "qwen2_5_vl", "tiny")
 

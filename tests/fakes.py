@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from worker.adapters import adapter_for
-from worker.adapters.qwen2_5_vl import Qwen25VLAdapter
+from worker.models.adapters import adapter_for
+from worker.models.adapters.qwen2_5_vl import Qwen25VLAdapter
 from worker.engine import Engine, Generation, MediaPixels, PixelLimits
-from worker.errors import ValidationError
+from worker.api.errors import ValidationError
 
 
 class FakeEngine:

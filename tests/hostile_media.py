@@ -15,7 +15,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from tests.media_factory import _write_tone, make_video
+from worker.devtools.media import _write_tone, make_video
 
 PDF = b"""%PDF-1.4
 1 0 obj << /Type /Catalog /Pages 2 0 R >> endobj

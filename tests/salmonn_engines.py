@@ -59,7 +59,7 @@ def run(model: Path, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def main(model_dir: Path, out_json: Path) -> None:
-    from worker.adapters.video_salmonn2_plus import VideoSalmonn2PlusAdapter
+    from worker.models.adapters.video_salmonn2_plus import VideoSalmonn2PlusAdapter
 
     frames = np.random.default_rng(0).integers(0, 255, (4, 56, 84, 3), dtype=np.uint8)
     prompt = VideoSalmonn2PlusAdapter().build_prompt(None, "Describe the video.", "video")

@@ -80,8 +80,8 @@ def ours(
     from vllm.distributed import init_distributed_environment, initialize_model_parallel
     from vllm.model_executor.model_loader.utils import process_weights_after_loading
 
-    from worker.vllm_plugin import register
-    from worker.vllm_plugin.salmonn_audio import SalmonnAudioTower
+    from worker.models.vllm_plugin import register
+    from worker.models.vllm_plugin.salmonn_audio import SalmonnAudioTower
 
     register()
     vllm_config = VllmConfig(model_config=ModelConfig(model=str(model_dir), max_model_len=4096, dtype="float32"))

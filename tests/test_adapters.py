@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker.adapters import ADAPTERS, MediaLimits, adapter_for
-from worker.adapters.qwen2_5_omni import Qwen25OmniAdapter
-from worker.decode import AudioClip, DecodedFrames, Probe
-from worker.errors import EngineError
+from worker.models.adapters import ADAPTERS, MediaLimits, adapter_for
+from worker.models.adapters.qwen2_5_omni import Qwen25OmniAdapter
+from worker.media.decode import AudioClip, DecodedFrames, Probe
+from worker.api.errors import EngineError
 
 LIMITS = MediaLimits(max_frames=64, video_max_pixels=448 * 448, image_max_pixels=1280 * 28 * 28)
 
@@ -170,7 +170,7 @@ def test_omni_gets_the_sound_and_the_sampling_rate() -> None:
 
 
 def test_omni_prompt_names_the_sound_after_the_frames() -> None:
-    from worker.dummy_model import QWEN2_5_OMNI_CHAT_TEMPLATE
+    from worker.devtools.dummy_model import QWEN2_5_OMNI_CHAT_TEMPLATE
 
     class Template:
         def apply_chat_template(self, messages: list, **kwargs: object) -> str:

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 from tests.local_api import free_port, serve_api, stop_session
-from tests.media_factory import make_corrupt, make_video
-from worker.bulk_output import leftover_shards, shard_path
-from worker.manifest import shard_of
+from worker.devtools.media import make_corrupt, make_video
+from worker.bulk.output import leftover_shards, shard_path
+from worker.bulk.manifest import shard_of
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.timeout(1200)

@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker.bulk import device_groups, record, visible_gpus
-from worker.bulk_client import Fatal, Transient, caption, final_output, send, structured_error
-from worker.bulk_output import (
+from worker.bulk.run import device_groups, record, visible_gpus
+from worker.bulk.client import Fatal, Transient, caption, final_output, send, structured_error
+from worker.bulk.output import (
     OutputFileError,
     OutputWriter,
     drop_errors,
@@ -25,7 +25,7 @@ from worker.bulk_output import (
     scan,
     shard_path,
 )
-from worker.manifest import Duplicates, parse_line, read_manifest, shard_of, unique
+from worker.bulk.manifest import Duplicates, parse_line, read_manifest, shard_of, unique
 
 
 def parse(text: str, base: Path = Path("/nonexistent"), **kwargs: Any) -> Any:
@@ -198,7 +198,7 @@ def test_writer_appends_whole_lines(tmp_path: Path) -> None:
 def test_record_carries_id_line_and_result_or_error() -> None:
     from argparse import Namespace
 
-    from worker.manifest import Entry
+    from worker.bulk.manifest import Entry
 
     entry = Entry(line=3, key="k", id_value="k", job_input={"video": "/a"})
     args = Namespace(id_field="id")
@@ -249,7 +249,7 @@ def fake_endpoint(answers: list[Any]) -> tuple[httpx.AsyncClient, list[httpx.Req
 
 
 def test_transient_failures_are_retried_then_the_answer_used(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("worker.bulk_client.backoff", lambda attempt, retry_after: 0.0)
+    monkeypatch.setattr("worker.bulk.client.backoff", lambda attempt, retry_after: 0.0)
     done = {"status": "COMPLETED", "output": [{"caption": "hi"}]}
     client, seen = fake_endpoint([httpx.ConnectError("refused"), (429, {}), (503, {}), (200, done)])
     assert asyncio.run(caption(client, "http://x", {"video": "/a"}, retries=5)) == {"caption": "hi"}
@@ -258,7 +258,7 @@ def test_transient_failures_are_retried_then_the_answer_used(monkeypatch: pytest
 
 
 def test_retries_run_out(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("worker.bulk_client.backoff", lambda attempt, retry_after: 0.0)
+    monkeypatch.setattr("worker.bulk.client.backoff", lambda attempt, retry_after: 0.0)
     client, _ = fake_endpoint([(502, {}), (502, {}), (502, {})])
     with pytest.raises(Transient, match="HTTP 502 after 3 tries"):
         asyncio.run(send(client, "POST", "http://x/runsync", 3))
@@ -272,7 +272,7 @@ def test_auth_failure_stops_at_once() -> None:
 
 
 def test_a_job_still_running_is_polled(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("worker.bulk_client._POLL_SECONDS", 0.0)
+    monkeypatch.setattr("worker.bulk.client._POLL_SECONDS", 0.0)
     client, seen = fake_endpoint(
         [
             (200, {"id": "j1", "status": "IN_QUEUE"}),

@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-import worker.decode
-import worker.pipeline
+import worker.media.decode
+import worker.job.service
 from tests.fakes import FakeEngineSlot, FakeRequest, RecordingFakeEngine, count_tokens
-from tests.media_factory import make_corrupt
+from worker.devtools.media import make_corrupt
 from worker.config import Settings
-from worker.pipeline import CaptionService
+from worker.job.service import CaptionService
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -99,7 +99,7 @@ def test_each_chunk_is_decoded_once_seeking_to_it(
 ) -> None:
     calls: list[list[float]] = []
     indexed: list[Path] = []
-    real_decode, real_index = worker.decode.decode_frames, worker.decode._packet_index
+    real_decode, real_index = worker.media.decode.decode_frames, worker.media.decode._packet_index
 
     def decode_spy(path: Path, info: Any, timestamps: list[float], size: tuple[int, int], **kwargs: Any) -> Any:
         calls.append(list(timestamps))
@@ -109,8 +109,8 @@ def test_each_chunk_is_decoded_once_seeking_to_it(
         indexed.append(path)
         return real_index(path, *args)
 
-    monkeypatch.setattr(worker.decode, "decode_frames", decode_spy)
-    monkeypatch.setattr(worker.decode, "_packet_index", index_spy)
+    monkeypatch.setattr(worker.media.decode, "decode_frames", decode_spy)
+    monkeypatch.setattr(worker.media.decode, "_packet_index", index_spy)
     out = run(service(engine, media_dir, work_dir), {"video": str(long_clip), **CHUNKED})[-1]
     assert calls == [s["frame_timestamps"] for s in out["segments"]]
     assert len(indexed) == 1  # the demux-only pass over the whole file runs once, not once per chunk
@@ -203,7 +203,7 @@ def test_prompts_the_worker_builds_may_exceed_the_callers_length_limit(
 def test_duration_cap_is_checked_before_decoding(
     engine: RecordingFakeEngine, long_clip: Path, media_dir: Path, work_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(worker.decode, "decode_frames", lambda *a: pytest.fail("decoded a video over the cap"))
+    monkeypatch.setattr(worker.media.decode, "decode_frames", lambda *a: pytest.fail("decoded a video over the cap"))
     out = run(service(engine, media_dir, work_dir, max_video_seconds=60), {"video": str(long_clip)})[-1]
     assert out["error"]["type"] == "unsupported_input"
     assert "100 s long, above MAX_VIDEO_SECONDS=60" in out["error"]["message"]
@@ -306,7 +306,7 @@ def test_messages_put_the_media_in_the_first_user_turn(
 def test_audio_models_hear_each_chunk_over_its_own_span(
     tmp_path_factory: pytest.TempPathFactory, video: Callable[..., Path], media_dir: Path, work_dir: Path
 ) -> None:
-    from worker.dummy_model import build_dummy_model
+    from worker.devtools.dummy_model import build_dummy_model
 
     omni = RecordingFakeEngine(build_dummy_model(tmp_path_factory.mktemp("omni") / "omni", "qwen2_5_omni", "tiny"))
     clip = video("chunk_audio_90s.mp4", seconds=90.0, fps=4, width=64, height=48, audio="aac")
@@ -334,13 +334,13 @@ def test_frames_in_memory_are_bounded_by_max_num_seqs(
 ) -> None:
     """A chunk is decoded only when one of MAX_NUM_SEQS slots is free; slots are shared by all jobs."""
     decoded: list[float] = []
-    real = worker.decode.decode_frames
+    real = worker.media.decode.decode_frames
 
     def spy(path: Path, info: Any, timestamps: list[float], size: tuple[int, int], **kwargs: Any) -> Any:
         decoded.append(timestamps[0])
         return real(path, info, timestamps, size, **kwargs)
 
-    monkeypatch.setattr(worker.decode, "decode_frames", spy)
+    monkeypatch.setattr(worker.media.decode, "decode_frames", spy)
     released = asyncio.Event()
 
     async def hold(request: FakeRequest) -> None:

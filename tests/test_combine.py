@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker.combine import TimedText, chunk_prompt, group_within_budget, merged, summary_prompt, timeline
+from worker.job.combine import TimedText, chunk_prompt, group_within_budget, merged, summary_prompt, timeline
 
 
 def test_chunk_prompt_states_the_span() -> None:

@@ -16,11 +16,11 @@ from hypothesis import strategies as st
 
 from tests.fakes import FakeEngine, FakeEngineSlot, load_tokenizer
 from worker.config import Settings
-from worker.control_tokens import refuse_control_tokens
-from worker.dummy_model import build_dummy_model
-from worker.errors import ValidationError
-from worker.pipeline import CaptionService
-from worker.schema import CaptionRequest, ChatMessage, parse_request
+from worker.api.control_tokens import refuse_control_tokens
+from worker.devtools.dummy_model import build_dummy_model
+from worker.api.errors import ValidationError
+from worker.job.service import CaptionService
+from worker.api.schema import CaptionRequest, ChatMessage, parse_request
 
 TOKENS = ["<|vision_start|>", "<|video_pad|>", "<|image_pad|>", "<|im_start|>", "<|im_end|>", "<|endoftext|>"]
 # Text that looks like control tokens but is not one: the tokenizer reads it as ordinary text.

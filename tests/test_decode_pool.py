@@ -1,4 +1,4 @@
-"""Decoder processes (worker/decode_pool.py) with real PyAV: the same frames and sound as threads, the
+"""Decoder processes (worker/media/pool.py) with real PyAV: the same frames and sound as threads, the
 worker's errors keep their type across the process boundary, and a process that dies fails only the call
 that killed it, even under the pipeline with jobs in flight (FakeEngine past the decoder)."""
 
@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 
 from tests.fakes import FakeEngine, FakeEngineSlot, load_tokenizer
-from tests.media_factory import make_corrupt
+from worker.devtools.media import make_corrupt
 from worker.config import Settings
-from worker.decode import decode_span, packet_index, probe
-from worker.decode_pool import DecodePool, _cgroup_cpu_quota, _portable_call, start_decoders
-from worker.errors import (
+from worker.media.decode import decode_span, packet_index, probe
+from worker.media.pool import DecodePool, _cgroup_cpu_quota, _portable_call, start_decoders
+from worker.api.errors import (
     DecodeError,
     EngineError,
     FetchError,
@@ -29,7 +29,7 @@ from worker.errors import (
     ValidationError,
     WorkerError,
 )
-from worker.pipeline import CaptionService
+from worker.job.service import CaptionService
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -63,9 +63,9 @@ def test_processes_deliver_exactly_what_threads_deliver(pool: DecodePool, clip: 
 
 
 def _frame_threads() -> int:
-    import worker.decode
+    import worker.media.decode
 
-    return worker.decode._frame_threads
+    return worker.media.decode._frame_threads
 
 
 def test_tuned_decoder_processes_run_below_the_server_and_decode_the_same_frames(clip: Path) -> None:
@@ -160,7 +160,7 @@ def test_a_dead_decoder_process_fails_only_its_own_call(pool: DecodePool, clip: 
 
 
 # Kills land at different stages: probing, decoding, and while a result of megabytes is on its way back
-# (that one used to hang the pool for good, see worker/decode_pool.py).
+# (that one used to hang the pool for good, see worker/media/pool.py).
 @pytest.mark.parametrize("kill_after", [0.05, 0.15, 0.3, 0.5])
 def test_jobs_survive_decoder_processes_killed_mid_job_fake_engine(
     tiny_model: Path, video: Callable[..., Path], media_dir: Path, work_dir: Path, kill_after: float

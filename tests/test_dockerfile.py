@@ -305,7 +305,7 @@ def test_hub_json_defaults_match_the_worker_defaults():
 
 def test_tests_json_is_a_valid_job():
     from worker.config import Settings
-    from worker.schema import parse_request
+    from worker.api.schema import parse_request
 
     spec = load_json(TESTS_JSON)
     assert spec["tests"], "tests.json has no test"

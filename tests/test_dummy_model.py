@@ -1,4 +1,4 @@
-"""worker/dummy_model.py: the offline model folder loads with transformers as a real Qwen2.5-VL would.
+"""worker/devtools/dummy_model.py: the offline model folder loads with transformers as a real Qwen2.5-VL would.
 
 No vLLM engine here (that takes minutes on a CPU); these check every file vLLM reads at start-up.
 """
@@ -15,7 +15,7 @@ import pytest
 from tokenizers import Tokenizer
 from transformers import AutoConfig, AutoProcessor, AutoTokenizer
 
-from worker.dummy_model import (
+from worker.devtools.dummy_model import (
     FAMILIES,
     QWEN2_5_ADDED_TOKENS,
     QWEN2_BASE_VOCAB_SIZE,

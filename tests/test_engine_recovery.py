@@ -16,7 +16,7 @@ from runpod.serverless.modules.rp_job import run_job
 from tests.fakes import FakeEngine, load_tokenizer
 from worker.config import Settings
 from worker.engine import Engine, EngineSlot
-from worker.pipeline import CaptionService
+from worker.job.service import CaptionService
 from worker.runpod_handler import make_handler
 
 

@@ -11,7 +11,7 @@ import PIL.Image
 import pytest
 
 from tests.local_api import result_of, runsync, serve_api
-from worker.dummy_model import build_dummy_model
+from worker.devtools.dummy_model import build_dummy_model
 
 pytestmark = pytest.mark.timeout(900)
 

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.errors import UnsupportedInputError
-from worker.frame_plan import (
+from worker.api.errors import UnsupportedInputError
+from worker.media.frame_plan import (
     audio_window,
     MAX_ASPECT_RATIO,
     VisionGeometry,

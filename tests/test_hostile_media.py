@@ -20,10 +20,10 @@ import pytest
 
 from tests import hostile_media as hm
 from tests.fakes import FakeEngine, FakeEngineSlot, load_tokenizer
-from tests.media_factory import make_video
+from worker.devtools.media import make_video
 from worker.config import Settings
-from worker.errors import ERROR_TYPES
-from worker.pipeline import CaptionService
+from worker.api.errors import ERROR_TYPES
+from worker.job.service import CaptionService
 
 MEMORY_BOUND_MIB = 64
 HANG_GUARD_S = 30.0

@@ -23,13 +23,13 @@ from runpod.serverless.modules.rp_job import run_job, run_job_generator
 
 from tests.fakes import FakeEngine, FakeEngineSlot, load_tokenizer
 from tests.fuzz import Sources, job_inputs
-from tests.media_factory import make_corrupt
+from worker.devtools.media import make_corrupt
 from worker.config import Settings
-from worker.errors import ERROR_TYPES
-from worker.pipeline import CaptionService
-from worker.redact import MASK, RedactingFormatter
+from worker.api.errors import ERROR_TYPES
+from worker.job.service import CaptionService
+from worker.api.redact import MASK, RedactingFormatter
 from worker.runpod_handler import make_handler, make_stream_handler
-from worker.schema import BatchResult, CaptionResult
+from worker.api.schema import BatchResult, CaptionResult
 
 FUZZ_EXAMPLES = 2000
 pytestmark = pytest.mark.timeout(1200)

@@ -14,8 +14,8 @@ import requests
 from transformers import AutoTokenizer
 
 from tests.local_api import error_of, result_of, runsync, serve_api
-from tests.media_factory import make_corrupt
-from worker.frame_plan import VisionGeometry, video_tokens
+from worker.devtools.media import make_corrupt
+from worker.media.frame_plan import VisionGeometry, video_tokens
 
 pytestmark = pytest.mark.timeout(900)
 MAX_VIDEO_SECONDS = 900

@@ -14,9 +14,9 @@ import pytest
 
 from tests.http_server import HostileServer
 from worker.config import Settings
-from worker.errors import FetchError
-from worker.media import fetch_media, job_workspace
-from worker.schema import MediaSource
+from worker.api.errors import FetchError
+from worker.media.sources import fetch_media, job_workspace
+from worker.api.schema import MediaSource
 
 PAYLOAD = os.urandom(50_000)
 

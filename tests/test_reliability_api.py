@@ -31,9 +31,9 @@ from tests import hostile_media as hm
 from tests.fuzz import Sources, job_inputs
 from tests.http_server import gzip_bomb
 from tests.local_api import serve_api
-from tests.media_factory import make_corrupt, make_video
-from worker.errors import ERROR_TYPES
-from worker.schema import CaptionResult
+from worker.devtools.media import make_corrupt, make_video
+from worker.api.errors import ERROR_TYPES
+from worker.api.schema import CaptionResult
 
 pytestmark = pytest.mark.timeout(1800)
 

@@ -17,8 +17,8 @@ from runpod.serverless.modules import rp_job
 
 from tests.fakes import FakeEngineSlot, RecordingFakeEngine
 from worker.config import Settings
-from worker.errors import EngineError
-from worker.pipeline import CaptionService
+from worker.api.errors import EngineError
+from worker.job.service import CaptionService
 from worker.runpod_handler import SdkMode, make_handler, make_stream_handler, sdk_mode
 
 pytestmark = pytest.mark.timeout(120)

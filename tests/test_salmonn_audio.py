@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.local_api import ROOT
-from worker.dummy_model import build_dummy_model
+from worker.devtools.dummy_model import build_dummy_model
 
 pytestmark = pytest.mark.timeout(600)
 

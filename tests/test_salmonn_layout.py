@@ -1,4 +1,4 @@
-"""video-SALMONN 2+'s interleaved audio-visual layout and M-RoPE positions (worker.vllm_plugin.salmonn_layout)
+"""video-SALMONN 2+'s interleaved audio-visual layout and M-RoPE positions (worker.models.vllm_plugin.salmonn_layout)
 against hand-computed cases and their invariants; the family adapter's prompt and audio count; its dummy
 model folders."""
 
@@ -14,11 +14,11 @@ from hypothesis import strategies as st
 from safetensors import safe_open
 from transformers import AutoTokenizer
 
-from worker.adapters import adapter_for
-from worker.adapters.video_salmonn2_plus import CAPTION_PROMPT
-from worker.dummy_model import build_dummy_model, salmonn_weight_shapes
-from worker.schema import ChatMessage
-from worker.vllm_plugin.salmonn_layout import (
+from worker.models.adapters import adapter_for
+from worker.models.adapters.video_salmonn2_plus import CAPTION_PROMPT
+from worker.devtools.dummy_model import build_dummy_model, salmonn_weight_shapes
+from worker.api.schema import ChatMessage
+from worker.models.vllm_plugin.salmonn_layout import (
     audio_split,
     audio_token_count,
     av_block_positions,

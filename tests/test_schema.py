@@ -6,8 +6,8 @@ import base64
 
 import pytest
 
-from worker.errors import ValidationError
-from worker.schema import PATH_MAX, CaptionRequest, MediaSource, classify_video, parse_request
+from worker.api.errors import ValidationError
+from worker.api.schema import PATH_MAX, CaptionRequest, MediaSource, classify_video, parse_request
 
 
 def parse(**fields: object) -> CaptionRequest:

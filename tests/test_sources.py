@@ -18,15 +18,15 @@ from typing import Any
 
 import pytest
 
-import worker.media
+import worker.media.sources
 from tests.fakes import FakeEngine, FakeEngineSlot, load_tokenizer
 from tests.http_server import GZIP_BOMB_BYTES, HostileServer, gzip_bomb, running
 from worker.config import Settings
-from worker.decode_pool import DecodePool
-from worker.errors import FetchError
-from worker.media import fetch_media, job_workspace, non_public
-from worker.pipeline import CaptionService
-from worker.schema import MediaSource
+from worker.media.pool import DecodePool
+from worker.api.errors import FetchError
+from worker.media.sources import fetch_media, job_workspace, non_public
+from worker.job.service import CaptionService
+from worker.api.schema import MediaSource
 
 ROOT = Path(__file__).resolve().parent.parent
 HANG_GUARD_S = 15.0
@@ -155,7 +155,7 @@ def default_settings(media_dir: Path, work_dir: Path) -> Settings:
 @pytest.fixture
 def fake_public_server(clip_for_sources: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HostileServer]:
     """The hostile server on FAKE_PUBLIC_HOST, which the worker takes for a public address."""
-    monkeypatch.setattr(worker.media, "non_public", fake_non_public)
+    monkeypatch.setattr(worker.media.sources, "non_public", fake_non_public)
     with running(clip_for_sources.read_bytes(), FAKE_PUBLIC_HOST) as server:
         yield server
 
@@ -410,8 +410,8 @@ def test_no_worker_module_can_start_a_process() -> None:
     # never reached from a job), which starts its engine processes as `python -m worker.bulk` with its own
     # operator's arguments and lists GPUs with `nvidia-smi -L`. No command is ever built from a job.
     allowed = {
-        ROOT / "worker" / "decode_pool.py": {"multiprocessing"},
-        ROOT / "worker" / "bulk.py": {"subprocess"},
+        ROOT / "worker" / "media" / "pool.py": {"multiprocessing"},
+        ROOT / "worker" / "bulk" / "run.py": {"subprocess"},
     }
     for path in sorted((ROOT / "worker").rglob("*.py")):
         tree = ast.parse(path.read_text())
@@ -420,7 +420,7 @@ def test_no_worker_module_can_start_a_process() -> None:
                 names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
                 roots = {n.split(".")[0] for n in names} - allowed.get(path, set())
                 assert not banned_modules & roots, (path, ast.dump(node))
-                if not path.name.startswith("bulk"):  # the serving side never loads the bulk supervisor
+                if "bulk" not in path.relative_to(ROOT).parts:  # the serving side never loads the bulk supervisor
                     assert not any(n == "worker.bulk" or n.startswith("worker.bulk.") for n in names), path
             if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "os":
                 assert node.attr not in banned_calls, (path, node.attr)

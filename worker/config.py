@@ -47,7 +47,7 @@ class Settings(BaseSettings):
 
     # Serving
     max_concurrency: int = Field(8, ge=1, le=256)
-    # Decoder processes (worker/decode_pool.py); unset: one per core; 0: decode in threads of the worker.
+    # Decoder processes (worker/media/pool.py); unset: one per core; 0: decode in threads of the worker.
     decode_workers: int | None = Field(None, ge=0, le=256)
     # CPU priority of the decoder processes below the serving process, which feeds the GPU: under load
     # they would otherwise take the cores its front end and engine loop need (README, Performance).

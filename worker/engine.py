@@ -16,9 +16,9 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from worker.adapters import MediaLimits, ModelAdapter, adapter_for
+from worker.models.adapters import MediaLimits, ModelAdapter, adapter_for
 from worker.config import Settings
-from worker.errors import EngineError, UnsupportedInputError, ValidationError
+from worker.api.errors import EngineError, UnsupportedInputError, ValidationError
 
 log = logging.getLogger(__name__)
 

@@ -32,10 +32,10 @@ from typing import Any
 
 from worker.compile_cache import configure_compile_caches
 from worker.config import Settings, get_settings
-from worker.decode_pool import start_decoders
+from worker.media.pool import start_decoders
 from worker.engine import EngineSlot
-from worker.pipeline import CaptionService, Progress
-from worker.redact import RedactingFormatter
+from worker.job.service import CaptionService, Progress
+from worker.api.redact import RedactingFormatter
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,194 @@
+"""Pure planning math: which instants to sample and at what size.
+
+No I/O here; decode.py executes the plan. Everything is a function of numbers so it can be tested over
+the whole input range (tests/test_frame_plan.py, hypothesis).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from worker.api.errors import UnsupportedInputError
+
+
+@dataclass(frozen=True)
+class SamplePlan:
+    timestamps: list[float]  # seconds from the start of the video, strictly increasing
+    fps_used: float  # frames actually sampled per second of video
+
+
+def plan_timestamps(
+    duration: float,
+    native_fps: float | None,
+    requested_fps: float,
+    max_frames: int,
+    *,
+    frame_multiple: int = 1,
+) -> SamplePlan:
+    """Uniform sample instants over ``[0, duration)``.
+
+    The rate is min(requested fps, native fps): sampling faster than the video only repeats frames.
+    The count is capped at ``max_frames`` and rounded down to ``frame_multiple`` (Qwen models fold
+    frames in pairs; an odd count would make the processor repeat the last frame and bill a whole
+    temporal patch for it). Instants sit in the middle of their interval so the first and last are never
+    at an edge where a decoder may have no frame. A video shorter than one interval gives one frame.
+    """
+    if duration <= 0 or not math.isfinite(duration):
+        raise ValueError(f"duration must be positive and finite, got {duration}")
+    if requested_fps <= 0 or max_frames < 1 or frame_multiple < 1:
+        raise ValueError("requested_fps, max_frames and frame_multiple must be positive")
+    rate = requested_fps if not native_fps or native_fps <= 0 else min(requested_fps, native_fps)
+    # The small epsilon keeps 10 s at 1 fps at 10 frames despite float error in duration.
+    count = max(1, math.floor(duration * rate + 1e-6))
+    count = min(count, max_frames)
+    if count >= frame_multiple:
+        count -= count % frame_multiple
+    step = duration / count
+    timestamps = [round((i + 0.5) * step, 6) for i in range(count)]
+    return SamplePlan(timestamps=timestamps, fps_used=count / duration)
+
+
+def audio_window(timestamps: list[float], fps_used: float, duration: float) -> tuple[float, float]:
+    """The stretch of the video, (start, end) in seconds, that the sampled frames stand for: each frame
+    represents its sampling interval, so it runs from half an interval before the first frame to half an
+    interval after the last, within [0, duration]. The audio given with the frames is this stretch, so
+    sound and pictures cover the same time and start together (audio-visual models align them by time).
+    """
+    if not timestamps or fps_used <= 0:
+        raise ValueError("need at least one timestamp and a positive sampling rate")
+    half = 0.5 / fps_used
+    start = max(0.0, timestamps[0] - half)
+    end = min(duration, timestamps[-1] + half)
+    return round(start, 6), round(max(start, end), 6)
+
+
+@dataclass(frozen=True)
+class VisionGeometry:
+    """How a model family turns pixels into tokens."""
+
+    patch_size: int = 14
+    merge_size: int = 2
+    temporal_patch_size: int = 2
+
+    @property
+    def factor(self) -> int:
+        """Frame sides must be multiples of this (one merged token covers factor x factor pixels)."""
+        return self.patch_size * self.merge_size
+
+
+def video_tokens(num_frames: int, height: int, width: int, geometry: VisionGeometry) -> int:
+    """Visual tokens the model spends on ``num_frames`` frames of ``height x width`` (multiples of factor)."""
+    groups = math.ceil(num_frames / geometry.temporal_patch_size)
+    return groups * (height // geometry.factor) * (width // geometry.factor)
+
+
+def fit_frame_size(
+    height: int,
+    width: int,
+    num_frames: int,
+    *,
+    max_visual_tokens: int,
+    min_pixels: int,
+    max_pixels: int,
+    geometry: VisionGeometry,
+) -> tuple[int, int]:
+    """(height, width) for every sampled frame: aspect ratio kept, sides multiples of the model's
+    factor, pixels within [min_pixels, max_pixels] and low enough that all frames fit
+    ``max_visual_tokens``. Raises UnsupportedInputError when even ``min_pixels`` frames do not fit.
+    """
+    factor = geometry.factor
+    groups = math.ceil(num_frames / geometry.temporal_patch_size)
+    budget_pixels = (max_visual_tokens // groups) * factor * factor
+    ceiling = min(max_pixels, budget_pixels)
+    if ceiling < max(min_pixels, factor * factor):
+        need = groups * max(1, min_pixels // (factor * factor))
+        raise UnsupportedInputError(
+            f"{num_frames} frames need at least {need} visual tokens but only {max_visual_tokens} fit "
+            "MAX_MODEL_LEN next to the prompt and max_tokens; lower max_frames/fps or max_tokens, or "
+            "raise MAX_MODEL_LEN"
+        )
+    return smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=ceiling)
+
+
+MAX_ASPECT_RATIO = 200  # Qwen's processors refuse frames more elongated than this
+
+
+def smart_resize(height: int, width: int, *, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """Qwen's resize rule (transformers' ``qwen2_vl.image_processing_qwen2_vl.smart_resize``), restated
+    because that one raises on sides shorter than the factor, which real uploads have (a 2x2 clip);
+    here such frames are scaled up to one factor instead.
+    The result is within [min_pixels, max_pixels] whenever factor**2 <= min_pixels <= max_pixels.
+    """
+    if height < 1 or width < 1:
+        raise ValueError(f"frame size must be positive, got {width}x{height}")
+    if max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
+        raise UnsupportedInputError(
+            f"frames of {width}x{height} are more elongated than {MAX_ASPECT_RATIO}:1, which the model cannot take"
+        )
+    h_bar = max(factor, round(height / factor) * factor)
+    w_bar = max(factor, round(width / factor) * factor)
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    # Rounding the short side up to one factor (or ceil above) can overshoot; trim the longer side.
+    while h_bar * w_bar > max_pixels and max(h_bar, w_bar) > factor:
+        if h_bar >= w_bar:
+            h_bar -= factor
+        else:
+            w_bar -= factor
+    return h_bar, w_bar
+
+
+# Chunk ends within this many seconds of the video's end are the end (float noise in durations).
+_CHUNK_EPSILON = 1e-6
+
+
+def chunk_bounds(duration: float, chunk_seconds: float, *, min_last: float = 0.0) -> list[tuple[float, float]]:
+    """Consecutive (start, end) spans of ``chunk_seconds`` tiling ``[0, duration]``; the last is shorter
+    when the duration is not a multiple. A remainder shorter than ``min_last`` (too short to hold a
+    sampled frame) joins the chunk before it instead of standing alone."""
+    if duration <= 0 or not math.isfinite(duration):
+        raise ValueError(f"duration must be positive and finite, got {duration}")
+    if chunk_seconds <= 0 or not math.isfinite(chunk_seconds) or min_last < 0:
+        raise ValueError("chunk_seconds must be positive and finite, min_last not negative")
+    count = max(1, math.ceil(duration / chunk_seconds - _CHUNK_EPSILON))
+    if count > 1 and duration - (count - 1) * chunk_seconds < min_last:
+        count -= 1
+    starts = [round(i * chunk_seconds, 6) for i in range(count)]
+    return [(start, end) for start, end in zip(starts, [*starts[1:], round(duration, 6)], strict=True)]
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    index: int
+    start: float  # seconds, the span of the video this chunk stands for
+    end: float
+    timestamps: list[float]  # sample instants within [start, end), seconds from the video's start
+    fps_used: float  # frames sampled per second of the chunk
+
+
+def plan_chunks(
+    duration: float,
+    native_fps: float | None,
+    requested_fps: float,
+    max_frames: int,
+    chunk_seconds: float,
+    *,
+    frame_multiple: int = 1,
+) -> list[ChunkPlan]:
+    """``plan_timestamps`` applied to each chunk of ``chunk_bounds``: every chunk is sampled at the same
+    rate (at most ``max_frames`` each), its instants offset to its own span. A remainder shorter than one
+    sampling interval is folded into the previous chunk."""
+    rate = requested_fps if not native_fps or native_fps <= 0 else min(requested_fps, native_fps)
+    plans = []
+    for index, (start, end) in enumerate(chunk_bounds(duration, chunk_seconds, min_last=1.0 / rate)):
+        local = plan_timestamps(end - start, native_fps, requested_fps, max_frames, frame_multiple=frame_multiple)
+        timestamps = [round(start + t, 6) for t in local.timestamps]
+        plans.append(ChunkPlan(index, start, end, timestamps, local.fps_used))
+    return plans
