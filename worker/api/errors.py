@@ -1,4 +1,4 @@
-"""The worker's error hierarchy.
+"""The worker's error hierarchy (their wire format: worker/api/wire.py).
 
 Every failure a caller can see is one of these classes; each has a stable ``type`` string that is part
 of the public API (README, "Errors"). Anything else that escapes is reported as ``internal_error``.
@@ -6,10 +6,7 @@ of the public API (README, "Errors"). Anything else that escapes is reported as 
 
 from __future__ import annotations
 
-import traceback
 from typing import Any, ClassVar
-
-from worker.api.redact import redact
 
 
 class WorkerError(Exception):
@@ -61,18 +58,3 @@ ERROR_TYPES: tuple[str, ...] = tuple(
     cls.type for cls in (ValidationError, FetchError, DecodeError, UnsupportedInputError, EngineError, InternalError)
 )
 
-
-def error_payload(exc: BaseException, *, debug: bool) -> dict[str, Any]:
-    """The ``{"error": {...}}`` body a job returns for ``exc``."""
-    if isinstance(exc, WorkerError):
-        body: dict[str, Any] = {"type": exc.type, "message": exc.message}
-        if exc.details is not None:
-            body["details"] = exc.details
-    else:
-        # Unexpected exceptions may carry internals in their text; the type name is enough for a caller
-        # and the full story is in the worker log.
-        body = {"type": InternalError.type, "message": f"internal error: {type(exc).__name__}"}
-        if debug:
-            body["message"] = f"internal error: {type(exc).__name__}: {exc}"
-    body["traceback"] = "".join(traceback.format_exception(exc)) if debug else None
-    return {"error": redact(body)}

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from worker.api.errors import ValidationError, error_payload
+from worker.api.errors import ValidationError
+from worker.api.wire import error_payload
 
 # A key made from the video field (no id given) is used only while it is short enough to read: a path or
 # URL. A base64 video needs an id.

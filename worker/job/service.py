@@ -45,7 +45,8 @@ from worker.media.decode import (
 )
 from worker.media.pool import DecodePool
 from worker.engine import Engine, EngineSlot, Generation
-from worker.api.errors import DecodeError, UnsupportedInputError, WorkerError, error_payload
+from worker.api.errors import DecodeError, UnsupportedInputError, WorkerError
+from worker.api.wire import error_payload
 from worker.media.frame_plan import ChunkPlan, audio_window, fit_frame_size, plan_chunks, plan_timestamps
 from worker.media.sources import fetch_media, job_workspace
 from worker.api.schema import (
