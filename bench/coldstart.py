@@ -2,8 +2,8 @@
 
     python bench/coldstart.py                        # 7B-shaped dummy model, 2 starts (empty, then pre-built)
     python bench/coldstart.py --model /models/Qwen2.5-VL-7B-Instruct --load-format auto --runs 3
-    python bench/coldstart.py --size tiny --enforce-eager --max-model-len 4096 \\
-        --gpu-memory-utilization 0.25                # CPU smoke run
+    VLLM_CPU_KVCACHE_SPACE=1 python bench/coldstart.py --size tiny --enforce-eager \\
+        --max-model-len 4096                         # CPU smoke run (1 GiB KV cache)
 
 Each start is `python handler.py --test_input "$(cat test_input.json)"` in a fresh process, exactly what
 the README's first command runs, timed from the spawn to the "Job result" line. The compile caches go

@@ -6,7 +6,7 @@
 
 
 Variants, each run in a fresh subprocess so peak RSS is its own:
-- ours:      worker.media.decode (probe + decode_frames), exactly as worker/job/service.py calls it;
+- ours:      worker.media.probe + frames (probe + decode_frames), exactly as worker/media/video.py calls them;
 - naive:     PyAV with its defaults, every frame decoded to a full-resolution RGB array, the frames shown
              at the planned instants picked, then resized to the model size;
 - vllm:      vLLM 0.26's own loader as its chat front end uses it for a file:// video of a Qwen2.5-VL
@@ -24,7 +24,7 @@ throughput when many jobs decode at once. Both are medians of --repeat runs, int
 the machine hits every variant alike.
 
 With --concurrency, a different measurement: N whole-job decodes at once (probe, packet index, frames
-and sound, exactly the calls worker/job/service.py makes, through worker/media/pool.py) in threads of one
+and sound, exactly the calls worker/media/video.py makes, through worker/media/pool.py) in threads of one
 process (DECODE_WORKERS=0) and in decoder processes (DECODE_WORKERS, default one per core), interleaved
 level by level: jobs/s and p50/p95 latency of each.
 Ends with one line `RESULT {json}`.
@@ -160,10 +160,10 @@ class Plan:
 
 
 def plan_for(path: Path, fps: float) -> Plan:
-    """What worker/job/service.py plans for this video and rate (Qwen2.5-VL geometry, default settings)."""
+    """What worker/media/frame_plan.py plans for this video and rate (Qwen2.5-VL geometry, default settings)."""
     from worker.models.adapters.qwen2_5_vl import Qwen25VLAdapter
     from worker.config import Settings
-    from worker.media.decode import probe
+    from worker.media.probe import probe
     from worker.media.frame_plan import fit_frame_size, plan_timestamps
 
     settings = Settings()
@@ -186,7 +186,8 @@ def plan_for(path: Path, fps: float) -> Plan:
 
 
 def run_ours(path: Path, fps: float, plan: Plan) -> dict[str, Any]:
-    from worker.media.decode import decode_frames, probe
+    from worker.media.frames import decode_frames
+    from worker.media.probe import probe
 
     info = probe(path)
     got = decode_frames(path, info, plan.timestamps, plan.size)
@@ -270,7 +271,7 @@ RUNNERS = {
 }
 # What each variant imports before its clock starts; the libraries' own import time is not decode time.
 PRELOAD = {
-    "ours": ("av", "numpy", "worker.media.decode"),
+    "ours": ("av", "numpy", "worker.media.probe", "worker.media.frames"),
     "naive": ("av", "numpy", "cv2"),
     "vllm": ("cv2", "vllm.multimodal.media.connector"),
     "vllm_pyav": ("av", "cv2", "vllm.multimodal.media.connector"),
@@ -367,7 +368,7 @@ def machine() -> str:
 
 def load_job(path: Path, fps: float, audio: bool) -> dict[str, Any]:
     """A default video request's decode inputs: the planned instants and size, and the sound window."""
-    from worker.media.decode import probe
+    from worker.media.probe import probe
     from worker.media.frame_plan import audio_window
 
     plan = plan_for(path, fps)
@@ -377,11 +378,12 @@ def load_job(path: Path, fps: float, audio: bool) -> dict[str, Any]:
 
 
 async def decode_like_the_pipeline(pool: Any, path: Path, job: dict[str, Any]) -> tuple[float, int]:
-    """The worker's calls for one video (CaptionService._plan_video then _decode_chunk): (seconds, bytes
+    """The worker's calls for one video (worker.media.video.plan_video then decode): (seconds, bytes
     of frames and samples delivered)."""
     import asyncio
 
-    from worker.media.decode import decode_span, packet_index, probe
+    from worker.media.probe import packet_index, probe
+    from worker.media.video import decode_span
 
     started = time.perf_counter()
     plan: Plan = job["plan"]

@@ -6,8 +6,8 @@ the engine alone and with vLLM's own video loader, on one engine in one run.
         --family qwen2_5_omni                            # decoder processes vs threads, with the sound
     python bench/e2e.py --model /path/to/model --load-format auto
     python bench/e2e.py --max-num-batched-tokens 8192 --enable-prefix-caching false   # engine knobs
-    python bench/e2e.py --model /tmp/tiny --clips 3 --seconds 4 --concurrency 1,2 --serial-clips 2 \\
-        --max-model-len 4096 --gpu-memory-utilization 0.25 --enforce-eager       # CPU smoke run
+    VLLM_CPU_KVCACHE_SPACE=1 python bench/e2e.py --model /tmp/tiny --clips 3 --seconds 4 --concurrency 1,2 \\
+        --serial-clips 2 --max-model-len 4096 --enforce-eager    # CPU smoke run (1 GiB KV cache)
 
 Variants, each at every concurrency (jobs in flight at once):
 - worker:      CaptionService.handle, exactly as the RunPod handler calls it (fetch, probe, plan, decode in
@@ -54,10 +54,12 @@ from bench.decode import bool_arg
 from worker.devtools.media import make_video
 from worker.compile_cache import configure_compile_caches
 from worker.config import Settings
-from worker.media.decode import decode_span
 from worker.media.pool import DecodePool, default_workers, start_decoders
 from worker.engine import Engine, EngineSlot
-from worker.job.service import CaptionService, _sampling
+from worker.job.generate import sampling_params
+from worker.job.prompt import model_limits, video_sampling
+from worker.job.service import CaptionService
+from worker.media.video import decode, plan_video
 from worker.api.schema import parse_request
 
 log = logging.getLogger("bench.e2e")
@@ -161,7 +163,7 @@ class Bench:
         self.args = args
         self.jobs = [self.job(clip) for clip in clips]
         self.request = parse_request(self.jobs[0], max_frames_limit=service.settings.max_frames_limit)
-        self.sampling = _sampling(self.request)
+        self.sampling = sampling_params(self.request)
         self.prompt = engine.adapter.build_prompt(
             engine.tokenizer, self.request.conversation, "video", self.request.process_audio
         )
@@ -180,16 +182,25 @@ class Bench:
 
     def predecode(self) -> None:
         """The worker's own probe/plan/decode for every clip, then the adapter's engine inputs."""
+        asyncio.run(self._predecode())
+
+    async def _predecode(self) -> None:
         engine = self.engine
         settings = self.service.settings
         for clip, job in zip(self.clips, self.jobs, strict=True):
             request = parse_request(job, max_frames_limit=settings.max_frames_limit)
-            info, plan = self.service._plan_video(clip, request, engine)
-            chunk, window = plan.chunks[0], plan.windows[0]
-            frames, audio = decode_span(
-                clip, info, chunk.timestamps, plan.size, window, max_pixels=settings.max_source_pixels, index=plan.index
+            plan = await plan_video(
+                self.service.decoder,
+                clip,
+                video_sampling(request),
+                model_limits(request, engine, settings),
+                max_source_pixels=settings.max_source_pixels,
+                max_video_seconds=settings.max_video_seconds,
             )
-            self.predecoded.append(engine.adapter.video_inputs(self.prompt, frames, info, chunk.fps_used, audio))
+            chunk = plan.chunks[0]
+            media = await decode(self.service.decoder, plan, chunk)
+            inputs = engine.adapter.video_inputs(self.prompt, media.frames, plan.probe, chunk.fps_used, media.audio)
+            self.predecoded.append(inputs)
 
     def setup_vllm_loader(self) -> None:
         from vllm.multimodal.media.connector import MediaConnector

@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 
 from worker.models.adapters import ADAPTERS, MediaLimits, adapter_for
 from worker.models.adapters.qwen2_5_omni import Qwen25OmniAdapter
-from worker.media.decode import AudioClip, DecodedFrames, Probe
+from worker.media.audio import AudioClip
+from worker.media.frames import DecodedFrames
+from worker.media.probe import Probe
 from worker.api.errors import EngineError
 
 LIMITS = MediaLimits(max_frames=64, video_max_pixels=448 * 448, image_max_pixels=1280 * 28 * 28)
@@ -160,10 +162,10 @@ def test_qwen2_5_vl_temporal_positions_follow_the_true_sampling_rate(
 def test_omni_gets_the_sound_and_the_sampling_rate() -> None:
     frames, probe = _frames()
     clip = AudioClip(np.zeros(32_000, dtype=np.float32), start=0.0)
-    inputs = Qwen25OmniAdapter().video_inputs("p", frames, probe, 2.0, clip)
+    inputs = Qwen25OmniAdapter(audio_in_video=False).video_inputs("p", frames, probe, 2.0, clip)
     samples, rate = inputs["multi_modal_data"]["audio"]
     assert rate == 16_000 and len(samples) == 32_000
-    # Its own item, not interleaved with the frames (see the adapter's docstring).
+    # Its own item, not interleaved with the frames (the adapter's variant without use_audio_in_video).
     assert inputs["mm_processor_kwargs"] == {"do_resize": False, "fps": 2.0}
     silent = Qwen25OmniAdapter().video_inputs("p", frames, probe, 2.0, None)
     assert "audio" not in silent["multi_modal_data"]
@@ -178,6 +180,6 @@ def test_omni_prompt_names_the_sound_after_the_frames() -> None:
 
             return jinja2.Template(QWEN2_5_OMNI_CHAT_TEMPLATE).render(messages=messages, add_generation_prompt=True)
 
-    prompt = Qwen25OmniAdapter().build_prompt(Template(), "Describe.", "video", with_audio=True)
+    prompt = Qwen25OmniAdapter(audio_in_video=False).build_prompt(Template(), "Describe.", "video", with_audio=True)
     assert "<|vision_bos|><|VIDEO|><|vision_eos|><|audio_bos|><|AUDIO|><|audio_eos|>Describe." in prompt
     assert "<|AUDIO|>" not in Qwen25OmniAdapter().build_prompt(Template(), "Describe.", "video")

@@ -101,14 +101,13 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, s
     return build_manifest(tmp_path_factory.mktemp("bulk") / "data")
 
 
+@pytest.mark.engine
 def test_killed_run_resumes_with_every_key_once(
     dataset: tuple[Path, dict[str, str | None]], worker_env: dict[str, str], tmp_path: Path
 ) -> None:
     manifest, expected = dataset
     output = tmp_path / "captions.jsonl"
-    env = worker_env | {
-        "GPU_MEMORY_UTILIZATION": "0.1"
-    }  # two CPU engines at once share the node RAM (process + KV cache)
+    env = worker_env  # two CPU engines at once: each has worker_env's absolute KV cache budget
     args = [
         "--input",
         str(manifest),
@@ -190,6 +189,7 @@ def api(worker_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) ->
         yield url
 
 
+@pytest.mark.engine
 def test_client_mode_against_the_local_api(
     api: str, worker_env: dict[str, str], media_dir: Path, tmp_path: Path
 ) -> None:
@@ -233,6 +233,7 @@ def test_client_mode_stops_on_a_refused_endpoint(worker_env: dict[str, str], tmp
     assert output.read_bytes() == b""
 
 
+@pytest.mark.engine
 def test_an_engine_that_cannot_start_writes_nothing(
     dataset: tuple[Path, dict[str, str | None]], worker_env: dict[str, str], tmp_path: Path
 ) -> None:

@@ -13,8 +13,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker.bulk.run import device_groups, record, visible_gpus
-from worker.bulk.client import Fatal, Transient, caption, final_output, send, structured_error
+from worker.api.wire import parse_error as structured_error
+from worker.bulk.client import Fatal, Transient, caption, final_output, send
+from worker.bulk.common import record
+from worker.bulk.supervisor import device_groups, visible_gpus
 from worker.bulk.output import (
     OutputFileError,
     OutputWriter,

@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-import worker.media.decode
-import worker.job.service
+import worker.media.frames
+import worker.media.probe
 from tests.fakes import FakeEngineSlot, FakeRequest, RecordingFakeEngine, count_tokens
 from worker.devtools.media import make_corrupt
 from worker.config import Settings
@@ -39,12 +40,20 @@ def service(engine: RecordingFakeEngine, media_dir: Path, work_dir: Path, **over
 
 def run(svc: CaptionService, job: dict[str, Any], progress: list[dict[str, Any]] | None = None) -> list[dict]:
     async def collect() -> list[dict]:
-        return [part async for part in svc.run(job, "job-1", progress.append if progress is not None else None)]
+        return [part.body async for part in svc.run(job, "job-1", progress.append if progress is not None else None)]
 
     return asyncio.run(collect())
 
 
 CHUNKED = {"mode": "chunked", "fps": 0.5, "max_frames": 10, "max_tokens": 32}
+
+
+async def wait_until(condition: Callable[[], bool], what: str, seconds: float = 60.0) -> None:
+    """Poll ``condition`` until it holds; fail the test, saying ``what`` was awaited, after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"still waiting after {seconds:g} s for {what}"
+        await asyncio.sleep(0.05)
 
 
 def test_chunks_reach_the_engine_with_their_span_and_true_timing(
@@ -99,7 +108,7 @@ def test_each_chunk_is_decoded_once_seeking_to_it(
 ) -> None:
     calls: list[list[float]] = []
     indexed: list[Path] = []
-    real_decode, real_index = worker.media.decode.decode_frames, worker.media.decode._packet_index
+    real_decode, real_index = worker.media.frames.decode_frames, worker.media.probe._packet_index
 
     def decode_spy(path: Path, info: Any, timestamps: list[float], size: tuple[int, int], **kwargs: Any) -> Any:
         calls.append(list(timestamps))
@@ -109,8 +118,8 @@ def test_each_chunk_is_decoded_once_seeking_to_it(
         indexed.append(path)
         return real_index(path, *args)
 
-    monkeypatch.setattr(worker.media.decode, "decode_frames", decode_spy)
-    monkeypatch.setattr(worker.media.decode, "_packet_index", index_spy)
+    monkeypatch.setattr(worker.media.frames, "decode_frames", decode_spy)
+    monkeypatch.setattr(worker.media.probe, "_packet_index", index_spy)
     out = run(service(engine, media_dir, work_dir), {"video": str(long_clip), **CHUNKED})[-1]
     assert calls == [s["frame_timestamps"] for s in out["segments"]]
     assert len(indexed) == 1  # the demux-only pass over the whole file runs once, not once per chunk
@@ -132,13 +141,15 @@ def test_stream_yields_each_segment_before_the_others_finish(
 
     async def consume() -> list[dict[str, Any]]:
         parts = []
-        async for part in svc.run({"video": str(long_clip), "stream": True, **CHUNKED}, "job-s", progress.append):
+        async for output in svc.run({"video": str(long_clip), "stream": True, **CHUNKED}, "job-s", progress.append):
+            part = output.body
             if not parts:
                 # The first part arrives while the other chunks cannot have finished; they reach the engine
                 # (decoded meanwhile) and are held there until released.
                 assert part["segment"]["index"] == 0 and part["num_chunks"] == 5
-                while sum(1 for r in engine.requests if r.video is not None) < 5:
-                    await asyncio.sleep(0.05)
+                await wait_until(
+                    lambda: sum(1 for r in engine.requests if r.video is not None) >= 5, "5 chunk requests"
+                )
                 released.set()
             parts.append(part)
         return parts
@@ -203,7 +214,7 @@ def test_prompts_the_worker_builds_may_exceed_the_callers_length_limit(
 def test_duration_cap_is_checked_before_decoding(
     engine: RecordingFakeEngine, long_clip: Path, media_dir: Path, work_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(worker.media.decode, "decode_frames", lambda *a: pytest.fail("decoded a video over the cap"))
+    monkeypatch.setattr(worker.media.frames, "decode_frames", lambda *a: pytest.fail("decoded a video over the cap"))
     out = run(service(engine, media_dir, work_dir, max_video_seconds=60), {"video": str(long_clip)})[-1]
     assert out["error"]["type"] == "unsupported_input"
     assert "100 s long, above MAX_VIDEO_SECONDS=60" in out["error"]["message"]
@@ -241,8 +252,7 @@ def test_closing_the_stream_cancels_the_requests_in_flight(
 
     async def cancel_midway() -> None:
         task = asyncio.ensure_future(svc.handle({"video": str(long_clip), **CHUNKED}))
-        while len(engine.requests) < 5:
-            await asyncio.sleep(0.05)
+        await wait_until(lambda: len(engine.requests) >= 5, "5 requests in the engine")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -334,13 +344,13 @@ def test_frames_in_memory_are_bounded_by_max_num_seqs(
 ) -> None:
     """A chunk is decoded only when one of MAX_NUM_SEQS slots is free; slots are shared by all jobs."""
     decoded: list[float] = []
-    real = worker.media.decode.decode_frames
+    real = worker.media.frames.decode_frames
 
     def spy(path: Path, info: Any, timestamps: list[float], size: tuple[int, int], **kwargs: Any) -> Any:
         decoded.append(timestamps[0])
         return real(path, info, timestamps, size, **kwargs)
 
-    monkeypatch.setattr(worker.media.decode, "decode_frames", spy)
+    monkeypatch.setattr(worker.media.frames, "decode_frames", spy)
     released = asyncio.Event()
 
     async def hold(request: FakeRequest) -> None:
@@ -351,8 +361,7 @@ def test_frames_in_memory_are_bounded_by_max_num_seqs(
 
     async def two_jobs() -> list[dict[str, Any]]:
         jobs = [asyncio.ensure_future(svc.handle({"video": str(long_clip), **CHUNKED})) for _ in range(2)]
-        while len(engine.requests) < 3:
-            await asyncio.sleep(0.05)
+        await wait_until(lambda: len(engine.requests) >= 3, "3 requests in the engine")
         await asyncio.sleep(0.5)  # room for a fourth decode, which must not happen
         held = (len(engine.requests), len(decoded))
         released.set()

@@ -9,15 +9,9 @@ import numpy as np
 import pytest
 
 from worker.devtools.media import MARKER, frame_level, loop_video, make_corrupt
-from worker.media.decode import (
-    _decode_at,
-    _packet_index,
-    _shown_packets,
-    _wrong_choices,
-    decode_audio,
-    decode_frames,
-    probe,
-)
+from worker.media.audio import decode_audio
+from worker.media.frames import _decode_at, _shown_packets, _wrong_choices, decode_frames
+from worker.media.probe import _packet_index, probe
 from worker.api.errors import DecodeError
 from worker.media.frame_plan import plan_timestamps
 
@@ -226,7 +220,7 @@ def test_instants_whose_frame_was_skipped_are_decoded_again(video: VideoMaker, m
     plan = plan_timestamps(info.duration, info.fps, 2.0, 100)
     exact, exact_times = _decode_at(path, info, plan.timestamps, (56, 84), None)
     # As if the index named no frame as shown: every non-reference frame is skipped, shown ones included.
-    monkeypatch.setattr("worker.media.decode._shown_packets", lambda timestamps, packet_times: set())
+    monkeypatch.setattr("worker.media.frames._shown_packets", lambda timestamps, packet_times: set())
     index = _packet_index(path, info.start_time)
     _, skipped_times = _decode_at(path, info, plan.timestamps, (56, 84), index)
     assert _wrong_choices(plan.timestamps, skipped_times, index.times), "the test needs a wrong choice"
@@ -265,7 +259,7 @@ def _photo(path: Path, size: tuple[int, int], fmt: str, orientation: int = 1) ->
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "BMP"])
 def test_image_decodes_upright_at_the_planned_size(tmp_path: Path, fmt: str) -> None:
-    from worker.media.decode import decode_image, probe_image
+    from worker.media.image import decode_image, probe_image
 
     path = _photo(tmp_path / f"p.{fmt.lower()}", (640, 480), fmt)
     info = probe_image(path)
@@ -276,7 +270,7 @@ def test_image_decodes_upright_at_the_planned_size(tmp_path: Path, fmt: str) -> 
 
 
 def test_image_exif_orientation_is_applied(tmp_path: Path) -> None:
-    from worker.media.decode import decode_image, probe_image
+    from worker.media.image import decode_image, probe_image
 
     path = _photo(tmp_path / "phone.jpg", (640, 480), "JPEG", orientation=6)
     info = probe_image(path)
@@ -289,7 +283,7 @@ def test_image_too_large_is_refused_from_its_header(tmp_path: Path) -> None:
     import struct
     import zlib
 
-    from worker.media.decode import probe_image
+    from worker.media.image import probe_image
 
     png = _photo(tmp_path / "small.png", (8, 8), "PNG").read_bytes()
     # Rewrite IHDR to claim 30000x30000: refused before a single pixel is decoded.
@@ -302,7 +296,7 @@ def test_image_too_large_is_refused_from_its_header(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("kind", ["zero", "text"])
 def test_not_an_image_is_a_decode_error(tmp_path: Path, kind: str) -> None:
-    from worker.media.decode import probe_image
+    from worker.media.image import probe_image
 
     with pytest.raises(DecodeError, match="not a readable image"):
         probe_image(make_corrupt(tmp_path / "x.png", kind))

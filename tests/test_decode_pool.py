@@ -18,7 +18,8 @@ import pytest
 from tests.fakes import FakeEngine, FakeEngineSlot, load_tokenizer
 from worker.devtools.media import make_corrupt
 from worker.config import Settings
-from worker.media.decode import decode_span, packet_index, probe
+from worker.media.probe import packet_index, probe
+from worker.media.video import decode_span
 from worker.media.pool import DecodePool, _cgroup_cpu_quota, _portable_call, start_decoders
 from worker.api.errors import (
     DecodeError,
@@ -63,9 +64,9 @@ def test_processes_deliver_exactly_what_threads_deliver(pool: DecodePool, clip: 
 
 
 def _frame_threads() -> int:
-    import worker.media.decode
+    import worker.media.frames
 
-    return worker.media.decode._frame_threads
+    return worker.media.frames._frame_threads
 
 
 def test_tuned_decoder_processes_run_below_the_server_and_decode_the_same_frames(clip: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
@@ -13,13 +14,20 @@ from worker.api.errors import UnsupportedInputError
 from worker.media.frame_plan import (
     audio_window,
     MAX_ASPECT_RATIO,
+    ChunkPlan,
+    ModelLimits,
+    Sampling,
     VisionGeometry,
     chunk_bounds,
     fit_frame_size,
+    fit_image_size,
     plan_chunks,
     plan_timestamps,
+    plan_video_frames,
     smart_resize,
+    sound_window,
     video_tokens,
+    visual_token_budget,
 )
 
 QWEN = VisionGeometry()
@@ -214,3 +222,205 @@ def test_chunk_plan_of_a_ten_minute_video() -> None:
     assert len(plans) == 10 and plans[-1].start == 576.0 and plans[-1].end == 600.0
     assert [len(p.timestamps) for p in plans] == [30] * 9 + [24]
     assert plans[1].timestamps[0] == pytest.approx(64.0 + 64.0 / 30 / 2)
+
+
+# ---- planning within one request of the model (ModelLimits) ----
+
+
+def _reserve(base: int, chunk: ChunkPlan | None) -> int:
+    """Like the job's text reserve: a chunk's prompt states its span, more digits for later chunks."""
+    return base + (0 if chunk is None else len(f"{chunk.start:.1f}{chunk.end:.1f}"))
+
+
+def _audio_tokens(rate: float, seconds: float) -> int:
+    return math.ceil(seconds * rate)
+
+
+def limits(
+    *,
+    max_model_len: int = 32_768,
+    max_tokens: int = 512,
+    reserve: int = 128,
+    geometry: VisionGeometry = QWEN,
+    text_tokens_per_group: int = 0,
+    min_pixels: int = 56 * 56,
+    max_pixels: int = 448 * 448,
+    audio_rate: float = 25.0,
+    supports_audio: bool = True,
+    audio_covers_span: bool = False,
+    max_audio_seconds: float = 300.0,
+) -> ModelLimits:
+    return ModelLimits(
+        model="m (family)",
+        max_model_len=max_model_len,
+        max_tokens=max_tokens,
+        text_reserve=functools.partial(_reserve, reserve),
+        geometry=geometry,
+        frame_multiple=geometry.temporal_patch_size,
+        text_tokens_per_group=text_tokens_per_group,
+        video_min_pixels=min_pixels,
+        video_max_pixels=max_pixels,
+        image_min_pixels=min_pixels,
+        image_max_pixels=max_pixels * 4,
+        audio_tokens=functools.partial(_audio_tokens, audio_rate),
+        supports_audio=supports_audio,
+        audio_covers_span=audio_covers_span,
+        max_audio_seconds=max_audio_seconds,
+    )
+
+
+@given(
+    st.integers(1, 1_000_000),
+    st.integers(0, 5000),
+    st.integers(1, 8192),
+    st.integers(0, 5000),
+    st.integers(0, 400),
+    st.integers(0, 8),
+)
+def test_visual_token_budget_is_what_the_rest_leaves(
+    context: int, reserve: int, max_tokens: int, audio: int, groups: int, per_group: int
+) -> None:
+    model = limits(max_model_len=context, max_tokens=max_tokens, text_tokens_per_group=per_group)
+    budget = visual_token_budget(model, reserve, groups=groups, audio_tokens=audio)
+    assert budget + reserve + max_tokens + audio + groups * per_group == context
+    assert visual_token_budget(model, reserve) == context - reserve - max_tokens  # an image: no groups, no sound
+
+
+geometries = st.sampled_from([QWEN, VisionGeometry(patch_size=16)])
+
+
+def _chunks(duration: float, native_fps: float | None, sampling: Sampling, multiple: int) -> list[ChunkPlan]:
+    if sampling.chunk_seconds is not None:
+        return plan_chunks(
+            duration, native_fps, sampling.fps, sampling.max_frames, sampling.chunk_seconds, frame_multiple=multiple
+        )
+    whole = plan_timestamps(duration, native_fps, sampling.fps, sampling.max_frames, frame_multiple=multiple)
+    return [ChunkPlan(0, 0.0, duration, whole.timestamps, whole.fps_used)]
+
+
+@settings(deadline=None, max_examples=300)
+@given(
+    duration=st.floats(min_value=0.05, max_value=3600.0),
+    native_fps=native,
+    height=st.integers(2, 4000),
+    width=st.integers(2, 4000),
+    has_audio=st.booleans(),
+    fps=st.floats(min_value=0.1, max_value=10.0),
+    max_frames=st.integers(1, 256),
+    chunk_seconds=st.one_of(st.none(), st.floats(min_value=5.0, max_value=600.0)),
+    process_audio=st.booleans(),
+    context=st.integers(1024, 131_072),
+    max_tokens=st.integers(1, 4096),
+    per_group=st.integers(0, 12),
+    geometry=geometries,
+    audio_rate=st.sampled_from([0.0, 12.5, 25.0, 50.0]),
+    supports_audio=st.booleans(),
+    covers_span=st.booleans(),
+    max_audio_seconds=st.sampled_from([30.0, 300.0]),
+)
+def test_every_planned_request_fits_the_context(
+    duration: float,
+    native_fps: float | None,
+    height: int,
+    width: int,
+    has_audio: bool,
+    fps: float,
+    max_frames: int,
+    chunk_seconds: float | None,
+    process_audio: bool,
+    context: int,
+    max_tokens: int,
+    per_group: int,
+    geometry: VisionGeometry,
+    audio_rate: float,
+    supports_audio: bool,
+    covers_span: bool,
+    max_audio_seconds: float,
+) -> None:
+    if max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
+        return
+    model = limits(
+        max_model_len=context,
+        max_tokens=max_tokens,
+        geometry=geometry,
+        text_tokens_per_group=per_group,
+        audio_rate=audio_rate,
+        supports_audio=supports_audio,
+        audio_covers_span=covers_span,
+        max_audio_seconds=max_audio_seconds,
+    )
+    sampling = Sampling(fps, max_frames, chunk_seconds, process_audio)
+    try:
+        plan = plan_video_frames(duration, native_fps, height, width, has_audio, sampling, model)
+    except UnsupportedInputError as exc:
+        # Only when even frames of min_pixels do not fit next to the words and the answer, or the sound.
+        chunks = _chunks(duration, native_fps, sampling, geometry.temporal_patch_size)
+        groups = math.ceil(max(len(c.timestamps) for c in chunks) / geometry.temporal_patch_size)
+        last = chunks[-1] if chunk_seconds is not None else None
+        silent = visual_token_budget(model, model.text_reserve(last), groups=groups)
+        if silent // groups * geometry.factor**2 >= 56 * 56:
+            assert "process_audio false frees them" in exc.message
+        return
+    assert plan.chunks == _chunks(duration, native_fps, sampling, geometry.temporal_patch_size)
+    assert len(plan.windows) == len(plan.chunks)
+    rh, rw = plan.size
+    assert rh % geometry.factor == 0 and rw % geometry.factor == 0 and rh * rw <= 448 * 448
+    heard = process_audio and supports_audio and has_audio
+    reserve = model.text_reserve(plan.chunks[-1] if chunk_seconds is not None else None)
+    for chunk, window in zip(plan.chunks, plan.windows, strict=True):
+        assert (window is not None) == heard
+        audio = 0
+        if window is not None:
+            start, end = window
+            assert 0.0 <= start <= end <= max(duration, chunk.end) + 1e-6
+            assert end - start <= max_audio_seconds + 1e-9
+            if covers_span:
+                assert start == chunk.start
+            audio = model.audio_tokens(end - start)
+        groups = math.ceil(len(chunk.timestamps) / geometry.temporal_patch_size)
+        # Every request holds its words (the last chunk's are the most), its frames, sound and answer.
+        assert model.text_reserve(chunk if chunk_seconds is not None else None) <= reserve
+        used = reserve + video_tokens(len(chunk.timestamps), rh, rw, geometry) + groups * per_group + audio + max_tokens
+        assert used <= context
+    if process_audio and not heard:
+        assert len(plan.warnings) == 1 and "only the frames were used" in plan.warnings[0]
+
+
+def test_sound_window_says_why_there_is_none_or_where_it_was_cut() -> None:
+    chunk = ChunkPlan(0, 0.0, 600.0, [150.0, 450.0], 2 / 600)
+    assert sound_window(chunk, 600.0, True, False, limits()) == (None, [])
+    window, said = sound_window(chunk, 600.0, True, True, limits(supports_audio=False))
+    assert window is None
+    assert said == ["process_audio: model m (family) takes no audio input; only the frames were used"]
+    window, said = sound_window(chunk, 600.0, False, True, limits())
+    assert window is None and said == ["process_audio: the video has no audio track; only the frames were used"]
+    assert sound_window(chunk, 600.0, True, True, limits(max_audio_seconds=900.0)) == ((0.0, 600.0), [])
+    window, said = sound_window(chunk, 600.0, True, True, limits(max_audio_seconds=300.0))
+    assert window == (0.0, 300.0)
+    assert said == ["process_audio: the model takes at most 300 s of audio; the sound after 300.0 s was not used"]
+    # A model that hears the chunk's whole span gets exactly that, within the video.
+    late = ChunkPlan(1, 60.0, 120.0, [75.0, 105.0], 2 / 60)
+    assert sound_window(late, 100.0, True, True, limits(audio_covers_span=True)) == ((60.0, 100.0), [])
+
+
+def test_sound_that_cannot_fit_says_process_audio_frees_it() -> None:
+    model = limits(max_model_len=4096, max_tokens=512, audio_rate=25.0)
+    sampling = Sampling(1.0, 16, None, True)
+    with pytest.raises(UnsupportedInputError, match="process_audio false frees them"):
+        plan_video_frames(140.0, 25.0, 720, 1280, True, sampling, model)
+    plan = plan_video_frames(140.0, 25.0, 720, 1280, True, Sampling(1.0, 16, None, False), model)
+    assert plan.windows == [None] and plan.warnings == []
+
+
+@given(sides, sides, st.integers(2048, 131_072), st.integers(1, 4096), st.integers(0, 8))
+def test_an_image_fits_its_request(h: int, w: int, context: int, max_tokens: int, per_group: int) -> None:
+    if max(h, w) / min(h, w) > MAX_ASPECT_RATIO:
+        return
+    model = limits(max_model_len=context, max_tokens=max_tokens, text_tokens_per_group=per_group)
+    try:
+        rh, rw = fit_image_size(h, w, model)
+    except UnsupportedInputError:
+        assert context - _reserve(128, None) - max_tokens < 4  # not even one 56x56 frame
+        return
+    assert video_tokens(1, rh, rw, QWEN) + _reserve(128, None) + max_tokens <= context
+    assert rh % QWEN.factor == 0 and rw % QWEN.factor == 0 and rh * rw <= 448 * 448 * 4

@@ -411,7 +411,7 @@ def test_no_worker_module_can_start_a_process() -> None:
     # operator's arguments and lists GPUs with `nvidia-smi -L`. No command is ever built from a job.
     allowed = {
         ROOT / "worker" / "media" / "pool.py": {"multiprocessing"},
-        ROOT / "worker" / "bulk" / "run.py": {"subprocess"},
+        ROOT / "worker" / "bulk" / "supervisor.py": {"subprocess"},
     }
     for path in sorted((ROOT / "worker").rglob("*.py")):
         tree = ast.parse(path.read_text())
@@ -465,3 +465,68 @@ def test_jobs_start_no_process_fake_engine(
     assert "caption" in outputs[0] and "caption" in outputs[1] and "caption" in outputs[-1]
     assert all("error" in out for out in outputs[2:-1])
     assert not Path("/tmp/pwned").exists()
+
+
+# --- import graph -------------------------------------------------------------------------------------
+
+
+def _worker_modules() -> dict[str, Path]:
+    """Every module under worker/ by dotted name; a package's ``__init__.py`` is the package's module."""
+    modules = {}
+    for path in sorted((ROOT / "worker").rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return modules
+
+
+def _worker_imports(name: str, path: Path, modules: dict[str, Path]) -> Iterator[tuple[str, str | None]]:
+    """(module imported, name taken from it or None) for each worker import in ``name``, lazy ones too. An
+    import of ``worker.a.b`` is one of ``worker.a.b``, or of its nearest parent that is a module."""
+
+    def nearest(dotted: str) -> str:
+        while dotted not in modules and "." in dotted:
+            dotted = dotted.rpartition(".")[0]
+        return dotted
+
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name == "worker" or alias.name.startswith("worker."):
+                    yield nearest(alias.name), None
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from the package, one level up per extra dot
+                anchor = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{anchor}.{base}" if base else anchor
+            if base != "worker" and not base.startswith("worker."):
+                continue
+            yield nearest(base), None
+            for alias in node.names:
+                full = f"{base}.{alias.name}"
+                yield (full, None) if full in modules else (nearest(base), alias.name)
+
+
+def test_worker_modules_import_each_other_without_cycles() -> None:
+    import graphlib
+
+    modules = _worker_modules()
+    graph = {
+        name: {target for target, _ in _worker_imports(name, path, modules)} - {name}
+        for name, path in modules.items()
+    }
+    try:
+        graphlib.TopologicalSorter(graph).prepare()
+    except graphlib.CycleError as cycle:
+        pytest.fail("import cycle among worker modules: " + " -> ".join(reversed(cycle.args[1])), pytrace=False)
+
+
+def test_no_worker_module_imports_another_ones_private_names() -> None:
+    modules = _worker_modules()
+    private = [
+        f"{name} imports {source}.{taken}"
+        for name, path in modules.items()
+        for source, taken in _worker_imports(name, path, modules)
+        if taken and taken.startswith("_") and not taken.startswith("__") and source != name
+    ]
+    assert not private, private

@@ -19,23 +19,19 @@ job that does not stream); README, "Output".
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from types import FrameType
 from typing import Any
 
-from worker.compile_cache import configure_compile_caches
+from worker.bootstrap import bootstrap, exit_on_sigterm
 from worker.config import Settings, get_settings
-from worker.media.pool import start_decoders
-from worker.engine import EngineSlot
-from worker.job.service import CaptionService, Progress
-from worker.api.redact import RedactingFormatter
+from worker.api.wire import to_runpod
+from worker.job.context import Progress
+from worker.job.service import CaptionService
 
 log = logging.getLogger(__name__)
 
@@ -67,18 +63,6 @@ def sdk_mode(argv: Sequence[str], environ: Mapping[str, str]) -> SdkMode:
     return SdkMode(generators=True, progress=True)
 
 
-def _wire(part: dict[str, Any]) -> dict[str, Any]:
-    if "error" in part:
-        # RunPod marks a job FAILED when the output has "error", and its API carries that error as a
-        # string (the SDK's local API rejects anything else), so the structured error travels as JSON
-        # text: json.loads(response["error"]) gives {"type", "message", "traceback", ...}.
-        failed: dict[str, Any] = {"error": json.dumps(part["error"])}
-        if part.get("refresh_worker"):
-            failed["refresh_worker"] = True
-        return failed
-    return part
-
-
 def make_stream_handler(service: CaptionService, config: dict[str, Any], *, progress: bool) -> StreamHandler:
     """The handler where the SDK runs generators: yields the job's parts, the complete output last.
     ``config`` is the dict given to ``runpod.serverless.start``."""
@@ -90,13 +74,13 @@ def make_stream_handler(service: CaptionService, config: dict[str, Any], *, prog
 
             # Shown by RunPod's /status while the job runs; posted from a thread of the SDK's own.
             report = partial(runpod.serverless.progress_update, job)
-        async for part in service.run(job.get("input"), job.get("id"), report):
-            if part.pop("refresh_worker", False):
+        async for output in service.run(job.get("input"), job.get("id"), report):
+            if output.refresh_worker:
                 # For a generator, runpod-python 1.10.0 (rp_job.handle_job) ignores "refresh_worker" in the
                 # output and reads only config["refresh_worker"] when the job ends, adding "stopPod" to its
                 # result: set it, so RunPod replaces this worker (whose engine could not be rebuilt).
                 config["refresh_worker"] = True
-            yield _wire(part)
+            yield to_runpod(output.body)
 
     return handler
 
@@ -105,36 +89,17 @@ def make_handler(service: CaptionService) -> Handler:
     """The handler where the SDK only awaits a coroutine: the complete output, nothing streamed."""
 
     async def handler(job: dict[str, Any]) -> dict[str, Any]:
-        return _wire(await service.handle(job.get("input"), job.get("id")))
+        output = await service.complete(job.get("input"), job.get("id"))
+        return to_runpod(output.body, refresh_worker=output.refresh_worker)
 
     return handler
-
-
-def _exit_cleanly_on_sigterm() -> None:
-    """Turn SIGTERM into a normal exit so atexit stops the engine's processes. Without this they outlive
-    the worker: uvicorn (local API) re-raises SIGTERM after its own shutdown and the default action kills
-    the process before atexit runs."""
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        log.info("SIGTERM: shutting down")
-        sys.exit(0)
-
-    signal.signal(signal.SIGTERM, stop)
 
 
 def build_worker(settings: Settings | None = None) -> dict[str, Any]:
     """Everything ``runpod.serverless.start`` needs. Builds the engine now, at cold start, once."""
     settings = settings or get_settings()
-    logging.basicConfig(level=logging.DEBUG if settings.debug else logging.INFO)
-    for log_handler in logging.getLogger().handlers:
-        log_handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    _exit_cleanly_on_sigterm()
-    # Before the engine imports vLLM and torch, which read the cache locations at import.
-    configure_compile_caches(settings.compile_cache_dir)
-    decoder = start_decoders(settings)
-    slot = EngineSlot()
-    slot.start(settings)
-    service = CaptionService(settings, slot, decoder)
+    exit_on_sigterm("SIGTERM: shutting down", 0)
+    service = bootstrap(settings, log_format="%(asctime)s %(levelname)s %(name)s: %(message)s").service
     config: dict[str, Any] = {
         # /run, /runsync and /status give the list of everything the generator yielded, the result last.
         "return_aggregate_stream": True,

@@ -4,6 +4,6 @@ import sys
 
 if __name__ == "__main__":
     # vLLM starts its engine with spawn, which re-imports the main module: work only in the real main.
-    from worker.bulk.run import main
+    from worker.bulk.cli import main
 
     sys.exit(main())

@@ -1,12 +1,11 @@
-"""Bulk client mode: the manifest's jobs sent to a RunPod endpoint instead of a local engine.
+"""Bulk client mode: the manifest's jobs sent to a RunPod endpoint instead of a local engine, with the local
+mode's output and resume rules (only final outcomes are written; a job lost to the transport or to the
+endpoint's engine is left for the next run)."""
 
-Each line is one job through ``/runsync``; a job that outlives /runsync's wait (RunPod answers
-IN_QUEUE/IN_PROGRESS with its id) is polled on ``/status/{id}``. At most ``--concurrency`` jobs are in
-flight. 429, 5xx and connection failures are retried with exponential backoff (honouring Retry-After);
-401/403/404 stop the run (a wrong key or URL fails every line alike). The output and resume rules are
-the local mode's (worker/bulk/output.py): only final outcomes are written; a job lost to the transport or
-to the endpoint's engine is left for the next run, which the exit status says.
-"""
+# Each line is one job through /runsync; a job that outlives /runsync's wait (RunPod answers
+# IN_QUEUE/IN_PROGRESS with its id) is polled on /status/{id}. 429, 5xx and connection failures are retried
+# with exponential backoff (honouring Retry-After); 401/403/404 stop the run (a wrong key or URL fails
+# every line alike).
 
 from __future__ import annotations
 
@@ -19,17 +18,14 @@ from typing import Any
 
 import httpx
 
-from worker.bulk.run import EXIT_UNFINISHED, _progress_bar, entries, record
+from worker.api.wire import error_type, parse_error
+from worker.bulk.common import EXIT_UNFINISHED, entries, log, progress_bar, write_outcomes
+from worker.bulk.manifest import Duplicates, Entry
 from worker.bulk.output import OutputFileError, OutputWriter, drop_errors, scan
-from worker.bulk.manifest import Duplicates
 
-log = logging.getLogger("worker.bulk")
 # httpx logs every request at INFO: thousands of lines that would bury the run's own messages.
 logging.getLogger("httpx").setLevel(logging.WARNING)
 
-# The type of an output error this client made up itself (the endpoint answered something that is not a
-# worker's structured error, e.g. HTTP 413 for a body over RunPod's limit).
-ENDPOINT_ERROR = "endpoint_error"
 _RUNNING = ("IN_QUEUE", "IN_PROGRESS")
 _RETRIED_STATUS = (429, 500, 502, 503, 504)
 _FATAL_STATUS = (401, 403, 404)
@@ -79,21 +75,6 @@ async def send(client: httpx.AsyncClient, method: str, url: str, retries: int, *
     raise Transient(f"{method} {url}: {reason} after {retries} tries")
 
 
-def structured_error(error: Any) -> dict[str, Any]:
-    """The worker's ``{"type", "message", ...}`` from a RunPod answer, where it travels as JSON text."""
-    if isinstance(error, str):
-        try:
-            parsed = json.loads(error)
-        except ValueError:
-            parsed = None
-        if isinstance(parsed, dict) and "type" in parsed:
-            return parsed
-        return {"type": ENDPOINT_ERROR, "message": error}
-    if isinstance(error, dict) and "type" in error:
-        return error
-    return {"type": ENDPOINT_ERROR, "message": json.dumps(error)[:1000]}
-
-
 def final_output(body: dict[str, Any]) -> dict[str, Any]:
     """A finished job's complete output (a result or ``{"error": {...}}``) from its status body. The
     worker's output is the list of its parts, the complete result last (README, "Output")."""
@@ -103,12 +84,12 @@ def final_output(body: dict[str, Any]) -> dict[str, Any]:
         if isinstance(output, list):
             output = output[-1] if output else None
         if not isinstance(output, dict):
-            return {"error": structured_error(f"the endpoint returned no result: {json.dumps(output)[:300]}")}
+            return {"error": parse_error(f"the endpoint returned no result: {json.dumps(output)[:300]}")}
         if "error" in output:
-            return {"error": structured_error(output["error"])}
+            return {"error": parse_error(output["error"])}
         return output
     if status == "FAILED":
-        return {"error": structured_error(body.get("error"))}
+        return {"error": parse_error(body.get("error"))}
     raise Transient(f"job ended {status}: {json.dumps(body)[:300]}")
 
 
@@ -118,9 +99,8 @@ async def caption(client: httpx.AsyncClient, base: str, job_input: dict[str, Any
         await asyncio.sleep(_POLL_SECONDS)
         body = await send(client, "GET", f"{base}/status/{body['id']}", retries)
     output = final_output(body)
-    error = output.get("error")
-    if isinstance(error, dict) and error.get("type") == "engine_error":
-        raise Transient(f"the endpoint's engine failed: {error.get('message')}")
+    if error_type(output) == "engine_error":
+        raise Transient(f"the endpoint's engine failed: {output['error'].get('message')}")
     return output
 
 
@@ -139,54 +119,31 @@ async def run_client(args: argparse.Namespace) -> int:
     log.info("%d keys to send to %s", todo, args.endpoint)
     base = args.endpoint.rstrip("/")
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
-    slots = asyncio.Semaphore(args.concurrency or 8)
+    concurrency = args.concurrency or 8
     stop = asyncio.Event()
-    bar = _progress_bar(todo, disabled=args.no_progress)
+    bar = progress_bar(todo, disabled=args.no_progress)
     timeout = httpx.Timeout(args.request_timeout, connect=30.0)
-    limits = httpx.Limits(max_connections=args.concurrency or 8)
+    limits = httpx.Limits(max_connections=concurrency)
 
     with OutputWriter(args.output) as writer:
         async with httpx.AsyncClient(headers=headers, timeout=timeout, limits=limits) as client:
 
-            async def one(entry: Any) -> None:
+            async def one(entry: Entry) -> dict[str, Any] | None:
                 try:
-                    output = await asyncio.wait_for(
+                    return await asyncio.wait_for(
                         caption(client, base, entry.job_input, args.retries), args.request_timeout
                     )
                 except (Transient, TimeoutError) as exc:
                     log.warning("line %d (%s): %s; left for the next run", entry.line, entry.key, exc or "timed out")
-                    return
                 except Fatal as exc:
                     stop.set()
                     log.error("%s; stopping", exc)
-                    return
-                finally:
-                    slots.release()
-                writer.write(record(entry, args, output))
-                bar.update(1)
+                return None
 
-            async def sync_now_and_then() -> None:
-                while True:
-                    await asyncio.sleep(args.fsync_seconds)
-                    await asyncio.to_thread(writer.sync)
-
-            syncer = asyncio.create_task(sync_now_and_then())
-            tasks: set[asyncio.Task[None]] = set()
-            for entry in entries(args):
-                if entry.key in done:
-                    continue
-                if entry.error is not None:
-                    writer.write(record(entry, args, entry.error))
-                    bar.update(1)
-                    continue
-                await slots.acquire()
-                if stop.is_set():
-                    break
-                task = asyncio.create_task(one(entry))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-            await asyncio.gather(*tasks)
-            syncer.cancel()
+            todo_entries = (entry for entry in entries(args) if entry.key not in done)
+            await write_outcomes(
+                todo_entries, one, writer, args, concurrency=concurrency, stop=stop, on_line=lambda: bar.update(1)
+            )
     bar.close()
     finished = scan(args.output, args.id_field).keys
     left = sum(1 for entry in entries(args) if entry.key not in finished)

@@ -1,10 +1,9 @@
-"""Bulk manifests: a JSONL file, one job per line (README, "Bulk captioning").
+"""Bulk manifests (README, "Bulk captioning"): JSONL lines turned into keyed job inputs, pure functions, so
+that every line, even a malformed one, gets exactly one answer under a key that is stable across runs."""
 
-A line is a job input (the fields of ``job["input"]``) plus its key under ``--id-field``; the video may sit
-under another field (``--video-field``), and ``defaults`` fill what a line leaves out. A line that is not
-a JSON object, or has no usable key, is still an entry: its outcome is an error keyed by its line number,
-so nothing in the manifest goes unanswered. Pure functions; the runner (worker/bulk.py) does the I/O.
-"""
+# A line is a job input (the fields of job["input"]) plus its key under --id-field; the video may sit under
+# another field (--video-field), and defaults fill what a line leaves out. A line that is not a JSON
+# object, or has no usable key, is still an entry: its outcome is an error keyed by its line number.
 
 from __future__ import annotations
 

@@ -1,14 +1,13 @@
-"""The bulk output file: JSONL, one line per finished manifest key, appended as jobs finish.
+"""The bulk output file: JSONL, one line per finished manifest key, appended as jobs finish, written so that
+a crash or power loss at any point costs at most the last few seconds of work, never the file."""
 
-Crash safety rests on three rules:
-
-- a line is written with one ``write`` on an ``O_APPEND`` descriptor and counts as done only once its
-  newline is there; a crash leaves at most a torn last line, which ``scan`` cuts off (that key is redone);
-- lines are fsync'd every few seconds and at the end, so a power loss costs seconds of work, not the file
-  (what the disk lost is, again, a torn or missing tail);
-- shard files of a multi-GPU run are merged by appending the lines whose keys the output lacks, then
-  deleting the shard: a crash in between leaves duplicates only in the shard, which the next merge skips.
-"""
+# Crash safety rests on three rules:
+# - a line is written with one write on an O_APPEND descriptor and counts as done only once its newline
+#   is there; a crash leaves at most a torn last line, which scan cuts off (that key is redone);
+# - lines are fsync'd every few seconds and at the end, so a power loss costs seconds of work, not the
+#   file (what the disk lost is, again, a torn or missing tail);
+# - shard files of a multi-GPU run are merged by appending the lines whose keys the output lacks, then
+#   deleting the shard: a crash in between leaves duplicates only in the shard, which the next merge skips.
 
 from __future__ import annotations
 

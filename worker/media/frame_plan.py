@@ -1,12 +1,12 @@
-"""Pure planning math: which instants to sample and at what size.
-
-No I/O here; decode.py executes the plan. Everything is a function of numbers so it can be tested over
-the whole input range (tests/test_frame_plan.py, hypothesis).
+"""Pure planning math: which instants to sample, which stretch of sound to give with them, and at what
+size, within what one request of the model holds. Numbers in, numbers out (no I/O: worker/media/video.py
+and image.py execute the plan), so it is tested over the whole input range (tests/test_frame_plan.py).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from worker.api.errors import UnsupportedInputError
@@ -192,3 +192,165 @@ def plan_chunks(
         timestamps = [round(start + t, 6) for t in local.timestamps]
         plans.append(ChunkPlan(index, start, end, timestamps, local.fps_used))
     return plans
+
+
+# ---- a job's video or image planned within what the model's request holds ----
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """What a job asks to sample from each of its videos."""
+
+    fps: float
+    max_frames: int  # per request: per chunk in chunked mode
+    chunk_seconds: float | None  # None: the whole video in one request ("single" mode)
+    process_audio: bool
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    """What one engine request of the model holds, as plain values, so media plans within them without
+    knowing the job, the adapter or the engine."""
+
+    model: str  # "name (family)", as warnings name it
+    max_model_len: int
+    max_tokens: int  # the answer's share of the context
+    # Context for the prompt's words in the request for ``chunk`` (None: a whole video, or an image).
+    text_reserve: Callable[[ChunkPlan | None], int]
+    geometry: VisionGeometry
+    frame_multiple: int
+    text_tokens_per_group: int  # text tokens per temporal group besides the visual ones
+    video_min_pixels: int  # per frame
+    video_max_pixels: int
+    image_min_pixels: int
+    image_max_pixels: int
+    audio_tokens: Callable[[float], int]  # prompt tokens for this many seconds of sound (0: none heard)
+    supports_audio: bool
+    audio_covers_span: bool  # the model hears the chunk's whole span, not only the sampled frames' stretch
+    max_audio_seconds: float
+
+
+@dataclass(frozen=True)
+class FramePlan:
+    """What to decode for a video: its chunks (one spanning the whole video in single mode), the stretch
+    of sound for each (None: no sound), and the one frame size that fits every chunk's request."""
+
+    chunks: list[ChunkPlan]
+    windows: list[tuple[float, float] | None]
+    size: tuple[int, int]  # (height, width)
+    warnings: list[str]
+
+
+def visual_token_budget(limits: ModelLimits, reserve: int, *, groups: int = 0, audio_tokens: int = 0) -> int:
+    """Tokens the pictures may take in one request: the context less the prompt's words (``reserve``), the
+    answer, the sound and the text the model adds to each of the ``groups`` temporal groups of frames."""
+    return (
+        limits.max_model_len - reserve - limits.max_tokens - audio_tokens - groups * limits.text_tokens_per_group
+    )
+
+
+def sound_window(
+    chunk: ChunkPlan, duration: float, has_audio: bool, process_audio: bool, limits: ModelLimits
+) -> tuple[tuple[float, float] | None, list[str]]:
+    """The stretch of sound to give the model with ``chunk``, or None, and warnings saying why not or what
+    was left out."""
+    if not process_audio:
+        return None, []
+    if not limits.supports_audio:
+        return None, [f"process_audio: model {limits.model} takes no audio input; only the frames were used"]
+    if not has_audio:
+        return None, ["process_audio: the video has no audio track; only the frames were used"]
+    if limits.audio_covers_span:
+        start, end = chunk.start, min(chunk.end, duration)
+    else:
+        start, end = audio_window(chunk.timestamps, chunk.fps_used, duration)
+    if end - start > limits.max_audio_seconds:
+        warning = (
+            f"process_audio: the model takes at most {limits.max_audio_seconds:g} s of audio; the sound "
+            f"after {start + limits.max_audio_seconds:.1f} s was not used"
+        )
+        return (start, start + limits.max_audio_seconds), [warning]
+    return (start, end), []
+
+
+def fit_video_frames(
+    height: int,
+    width: int,
+    chunks: list[ChunkPlan],
+    windows: list[tuple[float, float] | None],
+    reserve: int,
+    limits: ModelLimits,
+) -> tuple[int, int]:
+    """One frame size (height, width) for every chunk, planned for the costliest request: the most frames
+    and the longest sound. Raises UnsupportedInputError when even the smallest frames do not fit."""
+    most_frames = max(len(c.timestamps) for c in chunks)
+    longest = max(((w[1] - w[0]) for w in windows if w), default=0.0)
+    audio_tokens = limits.audio_tokens(longest)
+    groups = -(-most_frames // limits.geometry.temporal_patch_size)
+    budget = visual_token_budget(limits, reserve, groups=groups, audio_tokens=audio_tokens)
+    try:
+        return fit_frame_size(
+            height,
+            width,
+            most_frames,
+            max_visual_tokens=budget,
+            min_pixels=limits.video_min_pixels,
+            max_pixels=limits.video_max_pixels,
+            geometry=limits.geometry,
+        )
+    except UnsupportedInputError as exc:
+        if not audio_tokens:
+            raise
+        raise UnsupportedInputError(
+            f"{exc.message} (the {longest:.1f} s of audio take {audio_tokens} tokens; process_audio false frees them)"
+        ) from exc
+
+
+def plan_video_frames(
+    duration: float,
+    native_fps: float | None,
+    height: int,
+    width: int,
+    has_audio: bool,
+    sampling: Sampling,
+    limits: ModelLimits,
+) -> FramePlan:
+    """The chunks of a video of ``duration`` seconds and ``height`` x ``width`` (as displayed), the sound
+    for each and the frame size that fits them all."""
+    if sampling.chunk_seconds is not None:
+        chunks = plan_chunks(
+            duration,
+            native_fps,
+            sampling.fps,
+            sampling.max_frames,
+            sampling.chunk_seconds,
+            frame_multiple=limits.frame_multiple,
+        )
+    else:
+        whole = plan_timestamps(
+            duration, native_fps, sampling.fps, sampling.max_frames, frame_multiple=limits.frame_multiple
+        )
+        chunks = [ChunkPlan(0, 0.0, duration, whole.timestamps, whole.fps_used)]
+    windows: list[tuple[float, float] | None] = []
+    warnings: list[str] = []
+    for chunk in chunks:
+        window, said = sound_window(chunk, duration, has_audio, sampling.process_audio, limits)
+        windows.append(window)
+        warnings += said
+    # The last chunk's prompt states the largest times ("Time 3580.0–3600.0 s"): it has the most words.
+    reserve = limits.text_reserve(chunks[-1] if sampling.chunk_seconds is not None else None)
+    size = fit_video_frames(height, width, chunks, windows, reserve, limits)
+    return FramePlan(chunks, windows, size, list(dict.fromkeys(warnings)))
+
+
+def fit_image_size(height: int, width: int, limits: ModelLimits) -> tuple[int, int]:
+    """(height, width) for an image of ``height`` x ``width`` (as displayed) in one request."""
+    return fit_frame_size(
+        height,
+        width,
+        1,
+        max_visual_tokens=visual_token_budget(limits, limits.text_reserve(None)),
+        min_pixels=limits.image_min_pixels,
+        max_pixels=limits.image_max_pixels,
+        geometry=limits.geometry,
+    )

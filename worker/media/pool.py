@@ -1,27 +1,8 @@
 """Where probing and decoding run: a pool of decoder processes, or threads of the worker process.
 
-PyAV releases the GIL inside FFmpeg but takes it back for every packet and frame (and the frame plan's
-bookkeeping is Python), so decodes in threads of one process contend for it: on an H100 host with 16
-jobs in flight a decode of 0.4 s alone took 6-19 s. Each decoder process has its own GIL; frames and
-samples come back pickled (numpy arrays: one copy, a few ms per job at model size, measured by
-``bench/decode.py --concurrency``).
-
-Results travel through a file, not the pool's result pipe: a process killed while writing a result of
-megabytes into that pipe leaves a partial message, and the executor's manager thread then waits for its
-end forever (the parent holds the pipe's write end too, so no EOF comes): no call of that pool, nor its
-shutdown, ever returns (CPython 3.12; seen in CI with processes SIGKILLed mid-job). So each call's result
-is pickled into a file of its own, named by the caller, and only a short message crosses the pipe, in
-one atomic write; the caller reads the file and removes it whatever the outcome.
-
-A process that dies mid-decode (a crash inside FFmpeg, the OOM killer) breaks the whole
-``ProcessPoolExecutor``: every call queued or running in it fails with ``BrokenProcessPool``, the one that
-caused it and its bystanders alike. So the pool is replaced at once, and each call that failed so is run
-again alone in a fresh process of its own: a bystander succeeds there, the cause crashes its own process
-and gets a ``DecodeError``. No other job sees the crash.
-
-The processes come from a fork server that has imported PyAV and numpy once (``forkserver``: nothing is
-forked from the worker process, whose vLLM and HTTP threads make ``fork`` unsafe, and a replacement
-process starts in milliseconds rather than the second a ``spawn`` takes to import them).
+Processes, because PyAV takes the GIL back for every packet and frame, so decodes in threads stall each
+other under load; results travel through files and a crashed process costs only its own call
+(docs/architecture.md, "Decoder processes").
 """
 
 from __future__ import annotations
@@ -52,10 +33,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")  # not PEP 695 syntax: the worker also runs on Python 3.11
 
 # Imported once by the fork server, so every decoder process starts with them loaded: the libraries
-# worker.media.decode needs (most of its import time), not worker.media.decode itself. The fork server runs `python -c`
-# in the current directory and, in Python 3.12, ignores the parent's sys.path, so ``worker`` imported there
-# could be another copy on the path (an editable install, another checkout) or none; each process imports
-# it after the initializer below has put this package's folder first.
+# worker.media's decoders need (most of their import time), not those modules themselves. The fork server
+# runs `python -c` in the current directory and, in Python 3.12, ignores the parent's sys.path, so ``worker``
+# imported there could be another copy on the path (an editable install, another checkout) or none; each
+# process imports it after the initializer below has put this package's folder first.
 _PRELOAD = ["av", "numpy", "PIL.Image"]
 _ROOT = str(Path(__file__).resolve().parents[2])
 _FIND_WORKER = f"import sys\nif {_ROOT!r} not in sys.path: sys.path.insert(0, {_ROOT!r})"
@@ -86,8 +67,8 @@ def _cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
 
 
 class DecodePool:
-    """Runs blocking media calls (module-level functions of ``worker.media.decode``) off the serving process's
-    GIL. ``workers`` 0: in threads of this process instead (DECODE_WORKERS=0)."""
+    """Runs blocking media calls (module-level functions of worker/media's decoders) off the serving
+    process's GIL. ``workers`` 0: in threads of this process instead (DECODE_WORKERS=0)."""
 
     def __init__(self, workers: int, nice: int = 0, frame_threads: int = 0) -> None:
         self.workers = workers
@@ -98,7 +79,8 @@ class DecodePool:
         if nice:
             self._init += f"\nimport os\nos.nice({int(nice)})"
         if frame_threads:
-            self._init += f"\nimport worker.media.decode\nworker.decode.set_frame_threads({int(frame_threads)})"
+            threads = int(frame_threads)
+            self._init += f"\nimport worker.media.frames\nworker.media.frames.set_frame_threads({threads})"
         self._context = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload(_PRELOAD)  # takes effect when the fork server first starts
         self._lock = threading.Lock()

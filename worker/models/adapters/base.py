@@ -11,7 +11,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from worker.media.decode import AudioClip, DecodedFrames, Probe
+from worker.media.audio import AudioClip
+from worker.media.frames import DecodedFrames
+from worker.media.probe import Probe
 from worker.media.frame_plan import VisionGeometry
 from worker.api.schema import ChatMessage, MediaType
 

@@ -9,7 +9,9 @@ from typing import Any
 import numpy as np
 
 from worker.models.adapters.base import ModelAdapter
-from worker.media.decode import AudioClip, DecodedFrames, Probe
+from worker.media.audio import AudioClip
+from worker.media.frames import DecodedFrames
+from worker.media.probe import Probe
 from worker.api.schema import ChatMessage, MediaType
 
 # Frames and images already have the planned size (multiples of the patch factor); resizing again would

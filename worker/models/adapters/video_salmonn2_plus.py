@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from worker.models.adapters.qwen import QwenAdapter
-from worker.media.decode import AudioClip
+from worker.media.audio import AudioClip
 from worker.api.schema import ChatMessage, MediaType
 from worker.models.vllm_plugin.salmonn_layout import MAX_AUDIO_SECONDS, audio_token_count
 

@@ -1,0 +1,167 @@
+"""One video of a job, captioned whole ("single") or in chunks ("chunked"), each chunk its own engine
+request: all of them in flight together so vLLM batches them, decoding the next chunk while the engine
+works on the previous ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from typing import Any
+
+from worker.api.schema import CaptionResult, CombineInfo, MediaSource, Segment, Timings
+from worker.engine import Engine
+from worker.job.context import JobContext, since, workspace
+from worker.job.generate import generate, parse_structured
+from worker.job.prompt import conversation, model_limits, video_sampling
+from worker.job.result import ChunkCaption, metadata, segment, video_info
+from worker.job.summary import combine
+from worker.media.frame_plan import ChunkPlan
+from worker.media.sources import fetch_media
+from worker.media.video import ChunkMedia, decode, plan_video
+
+
+async def caption_video(
+    job: JobContext, engine: Engine, source: MediaSource, item: int | None, started: float
+) -> CaptionResult:
+    """``source``'s caption (and segments, chunked); ``item``: its place in a batch, None alone."""
+    request = job.request
+    settings = job.settings
+    chunked = request.mode == "chunked"
+    tasks: list[asyncio.Task[ChunkCaption]] = []
+    decode_seconds = 0.0
+    first_submit = 0.0
+    notes: list[str] = []
+    try:
+        t0 = time.perf_counter()
+        async with workspace(settings) as folder:
+            media = await asyncio.to_thread(fetch_media, source, folder, settings)
+            t1 = time.perf_counter()
+            plan = await plan_video(
+                job.decoder,
+                media.path,
+                video_sampling(request),
+                model_limits(request, engine, settings),
+                max_source_pixels=settings.max_source_pixels,
+                max_video_seconds=settings.max_video_seconds,
+            )
+            decode_seconds += time.perf_counter() - t1
+            info = plan.probe
+            job.chunks_planned += len(plan.chunks)
+            for chunk in plan.chunks:
+                # Taken before decoding: frames wait in memory only for a free engine slot.
+                await job.slots.acquire()
+                try:
+                    decoded = await decode(job.decoder, plan, chunk)
+                    decode_seconds += decoded.decode_seconds
+                    if decoded.audio is not None and engine.adapter.audio_tokens(len(decoded.audio.samples)) == 0:
+                        notes.append("process_audio: the sound over the sampled span is too short to be heard")
+                        decoded = dataclasses.replace(decoded, audio=None)
+                    prompt = engine.adapter.build_prompt(
+                        engine.tokenizer,
+                        conversation(request, chunk, chunked, engine.adapter),
+                        "video",
+                        decoded.audio is not None,
+                    )
+                    inputs = engine.adapter.video_inputs(
+                        prompt,
+                        decoded.frames,
+                        info,
+                        chunk.fps_used,
+                        decoded.audio,
+                        (chunk.start, chunk.end) if chunked else None,
+                    )
+                    if not tasks:
+                        first_submit = time.perf_counter()
+                    call = _caption_chunk(job, inputs, chunk, decoded, len(plan.chunks), item)
+                    task = asyncio.create_task(call)
+                except BaseException:
+                    job.slots.release()
+                    raise
+                # Released however the request ends, even when cancelled before it started.
+                task.add_done_callback(lambda _: job.slots.release())
+                tasks.append(task)
+                del decoded, inputs  # the task holds them until its request is done, no longer
+        captions = await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()  # no-op for finished ones; a failure or cancellation stops the rest
+    warnings = plan.warnings + notes
+    combined: CombineInfo | None = None
+    segments: list[Segment] | None = None
+    if not chunked:
+        generation = captions[0].generation
+        text, finish_reason, generations = generation.text, generation.finish_reason, [generation]
+        if generation.finish_reason == "length":
+            warnings.append(f"caption cut at max_tokens={request.max_tokens}")
+        structured = parse_structured(request, generation, warnings, "the caption")
+    else:
+        segments = [segment(c, request, warnings) for c in captions]
+        cut = [s.index for s in segments if s.finish_reason == "length"]
+        if cut:
+            warnings.append(f"segment captions {cut} cut at max_tokens={request.max_tokens}")
+        text, structured, combined, extra = await combine(job, engine, segments, warnings)
+        finish_reason = combined.finish_reason
+        generations = [c.generation for c in captions] + extra
+    inference = since(first_submit)
+    timestamps = [t for c in captions for t in c.timestamps]
+    return CaptionResult(
+        caption=text,
+        structured=structured,
+        segments=segments,
+        num_chunks=len(captions) if chunked else None,
+        metadata=metadata(
+            engine,
+            media_type="video",
+            mode=request.mode,
+            chunk_seconds=request.chunk_length if chunked else None,
+            combine=combined,
+            num_frames=len(timestamps),
+            fps_used=round(len(timestamps) / info.duration if chunked else captions[0].plan.fps_used, 6),
+            frame_timestamps=timestamps,
+            frame_size=captions[0].frame_size,
+            video=video_info(info),
+            audio=[c.audio_samples for c in captions if c.audio_samples is not None],
+            generations=generations,
+            finish_reason=finish_reason,
+            started=started,
+            timings=Timings(fetch=round(t1 - t0, 4), decode=round(decode_seconds, 4), inference=inference),
+            warnings=list(dict.fromkeys(warnings)),
+        ),
+    )
+
+
+async def _caption_chunk(
+    job: JobContext,
+    inputs: dict[str, Any],
+    chunk: ChunkPlan,
+    decoded: ChunkMedia,
+    num_chunks: int,
+    item: int | None,
+) -> ChunkCaption:
+    """One chunk's engine request, then its segment streamed (chunked mode) and the progress reported."""
+    started = time.perf_counter()
+    generation = await generate(job, inputs, job.request.json_schema)
+    frames = decoded.frames.frames
+    caption = ChunkCaption(
+        chunk,
+        decoded.frames.timestamps,
+        (int(frames.shape[2]), int(frames.shape[1])),
+        len(decoded.audio.samples) if decoded.audio is not None else None,
+        generation,
+        since(started),
+    )
+    job.chunks_done += 1
+    if job.emit is not None and job.request.mode == "chunked":
+        part: dict[str, Any] = {
+            "segment": segment(caption, job.request, []).model_dump(
+                mode="json", exclude=None if job.request.json_schema is not None else {"structured"}
+            ),
+            "num_chunks": num_chunks,
+        }
+        if item is not None:
+            part["item"] = item
+        job.emit(part)
+    job.report()
+    return caption
