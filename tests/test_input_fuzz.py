@@ -29,7 +29,7 @@ from worker.api.errors import ERROR_TYPES
 from worker.job.service import CaptionService
 from worker.api.redact import MASK, RedactingFormatter
 from worker.runpod_handler import make_handler, make_stream_handler
-from worker.api.schema import BatchResult, CaptionResult
+from worker.api.result import BatchResult, CaptionResult
 
 FUZZ_EXAMPLES = 2000
 pytestmark = pytest.mark.timeout(1200)

@@ -33,9 +33,9 @@ from tests.http_server import gzip_bomb
 from tests.local_api import serve_api
 from worker.devtools.media import make_corrupt, make_video
 from worker.api.errors import ERROR_TYPES
-from worker.api.schema import CaptionResult
+from worker.api.result import CaptionResult
 
-pytestmark = pytest.mark.timeout(1800)
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(1800)]
 
 API_FUZZ_EXAMPLES = 300
 LOAD_JOBS = 200

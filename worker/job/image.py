@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from worker.api.schema import CaptionResult, MediaSource, Timings, VideoInfo
+from worker.api.schema import MediaSource
+from worker.api.result import CaptionResult, Timings, VideoInfo
 from worker.engine import Engine
 from worker.job.context import JobContext, since, workspace
 from worker.job.generate import generate, parse_structured

@@ -7,7 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from worker.api.schema import CaptionMetadata, CaptionRequest, Segment, VideoInfo
+from worker.api.schema import CaptionRequest
+from worker.api.result import CaptionMetadata, Segment, VideoInfo
 from worker.engine import Engine, Generation
 from worker.job.context import since
 from worker.job.generate import parse_structured

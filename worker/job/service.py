@@ -18,7 +18,8 @@ from typing import Any
 
 from worker.api.control_tokens import refuse_control_tokens
 from worker.api.errors import WorkerError
-from worker.api.schema import BatchMetadata, BatchResult, CaptionResult, MediaSource, parse_request
+from worker.api.schema import MediaSource, parse_request
+from worker.api.result import BatchMetadata, BatchResult, CaptionResult
 from worker.api.wire import JobOutput, error_payload
 from worker.config import Settings
 from worker.engine import Engine, EngineSlot

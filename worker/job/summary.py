@@ -10,7 +10,8 @@ import logging
 import time
 from typing import Any
 
-from worker.api.schema import CaptionRequest, CombineInfo, Segment
+from worker.api.schema import CaptionRequest
+from worker.api.result import CombineInfo, Segment
 from worker.engine import Engine, Generation
 from worker.job.combine import TimedText, group_within_budget, merged, summary_prompt, timeline
 from worker.job.context import JobContext, gather_all, since

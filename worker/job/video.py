@@ -10,7 +10,8 @@ import dataclasses
 import time
 from typing import Any
 
-from worker.api.schema import CaptionResult, CombineInfo, MediaSource, Segment, Timings
+from worker.api.schema import MediaSource
+from worker.api.result import CaptionResult, CombineInfo, Segment, Timings
 from worker.engine import Engine
 from worker.job.context import JobContext, since, workspace
 from worker.job.generate import generate, parse_structured
