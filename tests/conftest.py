@@ -11,6 +11,9 @@ import pytest
 
 from worker.devtools.media import make_video
 
+# KV cache of every CPU engine the tests start (vLLM's VLLM_CPU_KVCACHE_SPACE, whole GiB).
+KV_CACHE_GIB = "1"
+
 
 @pytest.fixture(scope="session")
 def media_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -53,8 +56,10 @@ def worker_env(tiny_model: Path, media_dir: Path, work_dir: Path) -> dict[str, s
         MODEL_NAME=str(tiny_model),
         LOAD_FORMAT="dummy",
         MAX_MODEL_LEN="4096",
-        # On the CPU backend this is the share of the NUMA node's RAM kept for the KV cache.
-        GPU_MEMORY_UTILIZATION="0.25",
+        # The CPU backend's KV cache, in GiB: an absolute budget (2M tokens of the tiny models), so the engine
+        # starts whatever else the machine runs. GPU_MEMORY_UTILIZATION would be a share of the NUMA node's RAM
+        # minus what the process already holds, which fails on a smaller or busier machine.
+        VLLM_CPU_KVCACHE_SPACE=KV_CACHE_GIB,
         ENFORCE_EAGER="true",
         MAX_CONCURRENCY="8",
         MAX_NUM_SEQS="8",

@@ -18,7 +18,8 @@ import numpy as np
 
 ENGINE_ARGS: dict[str, Any] = {
     "max_model_len": 4096,
-    "gpu_memory_utilization": 0.25,
+    # An absolute KV cache budget (the CPU worker honours it): a share of the RAM would depend on the machine.
+    "kv_cache_memory_bytes": 1 << 30,
     "enforce_eager": True,
     "max_num_seqs": 4,
     "seed": 0,

@@ -13,7 +13,7 @@ import pytest
 from tests.local_api import result_of, runsync, serve_api
 from worker.devtools.dummy_model import build_dummy_model
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(900)]
 
 FAMILIES = ("qwen2_vl", "qwen3_vl", "qwen2_5_omni")
 

@@ -19,7 +19,7 @@ from worker.devtools.media import make_corrupt
 from worker.media.frame_plan import VisionGeometry, video_tokens
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(900)]
 
 
 @pytest.fixture(scope="module")

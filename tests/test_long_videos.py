@@ -17,7 +17,7 @@ from tests.local_api import error_of, result_of, runsync, serve_api
 from worker.devtools.media import make_corrupt
 from worker.media.frame_plan import VisionGeometry, video_tokens
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(900)]
 MAX_VIDEO_SECONDS = 900
 
 

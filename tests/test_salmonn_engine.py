@@ -14,7 +14,7 @@ import pytest
 from tests.local_api import ROOT
 from worker.devtools.dummy_model import build_dummy_model
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(900)]
 
 
 @pytest.fixture(scope="module")
