@@ -1,12 +1,6 @@
 """Qwen2.5-Omni (Qwen/Qwen2.5-Omni-3B/7B): vLLM serves its thinker, which sees the frames and hears the
-video's own sound over the same stretch of time.
-
-The sound goes in as its own audio item right after the frames, not interleaved with them
-(``use_audio_in_video``): in vLLM 0.26 that path kills the engine, and every job in flight with it, when two
-jobs bring the same frames with different sound (a music video over a still cover, say: "Attempted to
-assign 0 multimodal tokens to 58 placeholders", reproduced even with per-item cache keys), and with the
-processor cache off it fails on every request. Frames and sound still cover the same seconds
-(frame_plan.audio_window); only their 2-second interleaving is lost.
+video's own sound over the same stretch of time, given as its own audio item after the frames
+(why not interleaved: docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -15,7 +9,7 @@ from typing import Any, ClassVar
 
 from worker.models.adapters.base import MediaLimits
 from worker.models.adapters.qwen import QwenAdapter
-from worker.media.decode import AUDIO_SAMPLE_RATE, AudioClip
+from worker.media.audio import AUDIO_SAMPLE_RATE, AudioClip
 
 # Whisper-style front end: one mel frame per 160 samples (10 ms); the encoder's stride-2 convolution and
 # the thinker's 2x pooling leave one token per 40 ms, 25 per second.
