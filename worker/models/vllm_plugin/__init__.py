@@ -8,6 +8,7 @@ from __future__ import annotations
 
 ARCHITECTURES = {
     "video_SALMONN2_plus": "worker.models.vllm_plugin.video_salmonn2_plus:VideoSalmonn2PlusForConditionalGeneration",
+    "Tarsier2ForConditionalGeneration": "worker.models.vllm_plugin.tarsier2:Tarsier2ForConditionalGeneration",
 }
 
 
