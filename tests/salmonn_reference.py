@@ -9,68 +9,15 @@ test session."""
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
-from transformers import WhisperConfig
-from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-
-def layer_norm(x: torch.Tensor, w: dict[str, torch.Tensor], name: str, eps: float) -> torch.Tensor:
-    return F.layer_norm(x, x.shape[-1:], w[f"{name}.weight"], w[f"{name}.bias"], eps)
-
-
-def linear(x: torch.Tensor, w: dict[str, torch.Tensor], name: str) -> torch.Tensor:
-    return x @ w[f"{name}.weight"].T + w[f"{name}.bias"]
-
-
-def attention(q_in: torch.Tensor, kv_in: torch.Tensor, w: dict[str, torch.Tensor], name: str, heads: int, eps: float):
-    """BERT attention with explicit softmax(QK^T / sqrt(d)) V, then dense + residual + LayerNorm."""
-    b, n, width = q_in.shape
-    d = width // heads
-
-    def split(t: torch.Tensor) -> torch.Tensor:
-        return t.view(b, t.shape[1], heads, d).permute(0, 2, 1, 3)
-
-    q = split(linear(q_in, w, f"{name}.self.query"))
-    k = split(linear(kv_in, w, f"{name}.self.key"))
-    v = split(linear(kv_in, w, f"{name}.self.value"))
-    probs = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d), dim=-1)
-    ctx = (probs @ v).permute(0, 2, 1, 3).reshape(b, n, width)
-    return layer_norm(linear(ctx, w, f"{name}.output.dense") + q_in, w, f"{name}.output.LayerNorm", eps)
-
-
-def reference(mel: torch.Tensor, weights: dict[str, torch.Tensor], audio_config: dict) -> torch.Tensor:
-    qcfg = audio_config["qformer_config"]
-    whisper = WhisperEncoder(WhisperConfig(**{k: v for k, v in audio_config.items() if k != "qformer_config"}))
-    encoder_weights = {k[6:]: v for k, v in weights.items() if k.startswith("audio.") and ".qformer." not in k}
-    encoder_weights = {
-        k: v for k, v in encoder_weights.items() if not k.startswith(("qformer", "q_tokens", "audio_proj"))
-    }
-    missing, unexpected = whisper.load_state_dict(encoder_weights, strict=False)
-    assert not unexpected and all("k_proj.bias" in m for m in missing), (missing, unexpected)
-    whisper.eval()
-    frames = whisper(mel).last_hidden_state  # (pieces, 1500, d_model), after the encoder's layer_norm
-    kernel = round(1500 * audio_config["second_per_window"] / 30)
-    windows = frames.reshape(frames.shape[0] * (1500 // kernel), kernel, frames.shape[-1])
-    eps, heads = qcfg["layer_norm_eps"], qcfg["num_attention_heads"]
-    queries = weights["audio.q_tokens"].expand(windows.shape[0], -1, -1)
-    queries = layer_norm(queries, weights, "audio.qformer.bert.embeddings.LayerNorm", eps)
-    for i in range(qcfg["num_hidden_layers"]):
-        p = f"audio.qformer.bert.encoder.layer.{i}"
-        queries = attention(queries, queries, weights, f"{p}.attention", heads, eps)
-        queries = attention(queries, windows, weights, f"{p}.crossattention", heads, eps)
-        hidden = F.gelu(linear(queries, weights, f"{p}.intermediate_query.dense"))
-        queries = layer_norm(
-            linear(hidden, weights, f"{p}.output_query.dense") + queries, weights, f"{p}.output_query.LayerNorm", eps
-        )
-    out = linear(queries, weights, "audio.audio_proj")
-    return out.reshape(-1, out.shape[-1])
+# The port of the authors' audio tower, shared with the parity reference (worker/devtools/parity/salmonn.py).
+from worker.devtools.parity.salmonn import audio_tower as reference
 
 
 def ours(

@@ -9,7 +9,11 @@ from __future__ import annotations
 ARCHITECTURES = {
     "video_SALMONN2_plus": "worker.models.vllm_plugin.video_salmonn2_plus:VideoSalmonn2PlusForConditionalGeneration",
     "Tarsier2ForConditionalGeneration": "worker.models.vllm_plugin.tarsier2:Tarsier2ForConditionalGeneration",
+    "Qwen2_5OmniModel": "worker.models.vllm_plugin.qwen2_5_omni_thinker:Qwen25OmniThinker",
+    "Qwen2_5OmniForConditionalGeneration": "worker.models.vllm_plugin.qwen2_5_omni_thinker:Qwen25OmniThinker",
 }
+# Architectures vLLM serves itself that the worker's class (vLLM's own, put right) replaces.
+REPLACED = frozenset({"Qwen2_5OmniModel", "Qwen2_5OmniForConditionalGeneration"})
 
 
 def register() -> None:
@@ -18,5 +22,5 @@ def register() -> None:
 
     supported = set(ModelRegistry.get_supported_archs())
     for arch, target in ARCHITECTURES.items():
-        if arch not in supported:
+        if arch not in supported or arch in REPLACED:
             ModelRegistry.register_model(arch, target)
