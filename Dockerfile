@@ -38,12 +38,15 @@ ENV VIRTUAL_ENV=/opt/venv \
 
 WORKDIR /app
 
-# The runtime is exactly requirements.txt (the file the CPU test environment also installs);
-# only pip itself is upgraded first, pinned, because Ubuntu's venv seeds an older pip.
-COPY requirements.txt .
+# The runtime is exactly requirements.txt, then requirements-nodeps.txt without dependencies (the files
+# the CPU test environment also installs): runpod, whose fastapi requirement conflicts with vLLM's cap
+# (docs/configuration.md, "runpod and fastapi"; its other requirements are in requirements.txt). Only pip
+# itself is upgraded first, pinned, because Ubuntu's venv seeds an older pip.
+COPY requirements.txt requirements-nodeps.txt ./
 RUN python3 -m venv "$VIRTUAL_ENV" \
     && pip install --no-cache-dir pip==26.3 \
-    && pip install --no-cache-dir -r requirements.txt
+    && pip install --no-cache-dir -r requirements.txt \
+    && pip install --no-cache-dir --no-deps -r requirements-nodeps.txt
 
 # Optional model baking. Empty (the default) keeps the image model-free: the worker downloads
 # MODEL_NAME at start into HF_HOME below. Set, the snapshot goes to /models/<repo id> and the

