@@ -6,6 +6,9 @@ the engine alone and with vLLM's own video loader, on one engine in one run.
         --family qwen2_5_omni                            # decoder processes vs threads, with the sound
     python bench/e2e.py --model /path/to/model --load-format auto
     python bench/e2e.py --max-num-batched-tokens 8192 --enable-prefix-caching false   # engine knobs
+    python bench/e2e.py --quantization fp8 --kv-cache-dtype fp8    # fp8 weights (quantized as they load) and KV
+    python bench/e2e.py --family qwen2_5_omni --process-audio true \
+        --variants worker,worker_appended,engine,engine_appended   # Omni's sound interleaved vs after the frames
     VLLM_CPU_KVCACHE_SPACE=1 python bench/e2e.py --model /tmp/tiny --clips 3 --seconds 4 --concurrency 1,2 \\
         --serial-clips 2 --max-model-len 4096 --enforce-eager    # CPU smoke run (1 GiB KV cache)
 
@@ -21,6 +24,9 @@ Variants, each at every concurrency (jobs in flight at once):
                threads each, so fewer decodes share the cores and the first ones reach the engine sooner;
 - engine:      the same clips decoded beforehand by the worker's own code, only AsyncLLM.generate timed:
                the ceiling the worker can reach;
+- worker_appended, engine_appended: worker and engine as above, Qwen2.5-Omni's sound given as an audio item
+               after the frames instead of interleaved with them (``use_audio_in_video``), on the same
+               engine: with --process-audio true, what the interleaving costs;
 - vllm_loader: the clip handed to vLLM's own loader as its chat front end does for a file:// video_url
                (MediaConnector.fetch_video_async -> the model's video loader, vLLM's thread pool), the
                frames resized by the model's HF processor to the same pixel limits, then generate.
@@ -33,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import json
 import logging
 import multiprocessing
@@ -59,11 +66,25 @@ from worker.engine import Engine, EngineSlot
 from worker.job.generate import sampling_params
 from worker.job.prompt import model_limits, video_sampling
 from worker.job.service import CaptionService
+from worker.models.adapters.qwen2_5_omni import Qwen25OmniAdapter
 from worker.media.video import decode, plan_video
 from worker.api.schema import parse_request
 
 log = logging.getLogger("bench.e2e")
-VARIANTS = ("worker", "worker_threads", "worker_nice0", "worker_lean", "worker_few", "engine", "vllm_loader")
+VARIANTS = (
+    "worker",
+    "worker_threads",
+    "worker_nice0",
+    "worker_lean",
+    "worker_few",
+    "engine",
+    "vllm_loader",
+    "worker_appended",
+    "engine_appended",
+)
+# Qwen2.5-Omni with its sound appended after the frames instead of interleaved with them (the adapter's
+# audio_in_video=False), on the same engine: what interleaving costs.
+APPENDED = ("worker_appended", "engine_appended")
 TUNED = ("worker_nice0", "worker_lean", "worker_few")
 DEFAULT_VARIANTS = ("worker", "engine", "vllm_loader")
 CLIP_VERSION = 1
@@ -168,6 +189,8 @@ class Bench:
             engine.tokenizer, self.request.conversation, "video", self.request.process_audio
         )
         self.predecoded: list[dict[str, Any]] = []
+        self.predecoded_appended: list[dict[str, Any]] = []
+        self.appended: CaptionService | None = None  # worker_appended's service, set by main
         self.connector: Any = None
         self.video_processor: str | None = None
 
@@ -201,6 +224,11 @@ class Bench:
             media = await decode(self.service.decoder, plan, chunk)
             inputs = engine.adapter.video_inputs(self.prompt, media.frames, plan.probe, chunk.fps_used, media.audio)
             self.predecoded.append(inputs)
+            if self.appended is not None:
+                adapter = self.appended.engine.get().adapter
+                prompt = adapter.build_prompt(engine.tokenizer, request.conversation, "video", request.process_audio)
+                appended = adapter.video_inputs(prompt, media.frames, plan.probe, chunk.fps_used, media.audio)
+                self.predecoded_appended.append(appended)
 
     def setup_vllm_loader(self) -> None:
         from vllm.multimodal.media.connector import MediaConnector
@@ -213,8 +241,10 @@ class Bench:
 
     async def one(self, variant: str, i: int) -> dict[str, Any]:
         started = time.perf_counter()
-        if variant in ("worker", "worker_threads", *TUNED):
-            service = {"worker": self.service, "worker_threads": self.threads_service, **self.tuned}[variant]
+        if variant in ("worker", "worker_threads", "worker_appended", *TUNED):
+            services = {"worker": self.service, "worker_threads": self.threads_service, **self.tuned}
+            service = self.appended if variant == "worker_appended" else services[variant]
+            assert service is not None
             out = await service.handle(self.jobs[i])
             if "error" in out:
                 raise RuntimeError(f"clip {i}: {out['error']}")
@@ -222,8 +252,8 @@ class Bench:
             prompt_tokens, completion = meta["prompt_tokens"], meta["completion_tokens"]
             timings = meta["timings"]
         else:
-            if variant == "engine":
-                inputs = self.predecoded[i]
+            if variant in ("engine", "engine_appended"):
+                inputs = (self.predecoded_appended if variant == "engine_appended" else self.predecoded)[i]
             else:
                 frames, metadata = await self.connector.fetch_video_async(
                     self.clips[i].as_uri(), video_processor=self.video_processor
@@ -304,6 +334,10 @@ def ratios(figures: dict[str, dict[str, Any]], levels: list[int]) -> dict[str, A
 
     out: dict[str, Any] = {}
     for level in levels:
+        for kind in ("worker", "engine"):  # videos/s interleaved over appended: below 1, interleaving costs
+            interleaved, appended = rate(kind, level), rate(f"{kind}_appended", level)
+            if interleaved and appended:
+                out[f"{kind}_interleaved_over_appended_c{level}"] = round(interleaved / appended, 3)
         worker = rate("worker", level)
         if worker is None:
             continue
@@ -368,6 +402,8 @@ def main() -> None:
     parser.add_argument("--enable-prefix-caching", type=bool_arg, help="ENABLE_PREFIX_CACHING (default: vLLM's)")
     parser.add_argument("--max-num-batched-tokens", type=int, help="MAX_NUM_BATCHED_TOKENS (default: vLLM's)")
     parser.add_argument("--mm-processor-cache-gb", type=float, help="MM_PROCESSOR_CACHE_GB (default: vLLM's)")
+    parser.add_argument("--quantization", help="QUANTIZATION, e.g. fp8 (default: the checkpoint's)")
+    parser.add_argument("--kv-cache-dtype", help="KV_CACHE_DTYPE, e.g. fp8 (default: auto, the model's dtype)")
     parser.add_argument("--media-dir", type=Path, default=Path(tempfile.gettempdir()) / "bench-e2e-media")
     parser.add_argument(
         "--compile-cache-dir",
@@ -406,6 +442,8 @@ def main() -> None:
         enable_prefix_caching=args.enable_prefix_caching,
         max_num_batched_tokens=args.max_num_batched_tokens,
         mm_processor_cache_gb=args.mm_processor_cache_gb,
+        quantization=args.quantization,
+        kv_cache_dtype=args.kv_cache_dtype,
         allowed_media_roots=[args.media_dir],
         work_dir=work / "jobs",
         decode_workers=args.decode_workers,
@@ -418,6 +456,7 @@ def main() -> None:
     slot.start(settings)
     engine = slot.get()  # raises with the start-up failure, if any
     start_s = time.perf_counter() - t
+    memory_gib = _gpu_memory_used_gib()  # the engine's weights, KV cache and activations, before any job
     service = CaptionService(settings, slot, start_decoders(settings))
     bench = Bench(service, engine, clips, args)
     workers = service.decoder.workers
@@ -436,7 +475,16 @@ def main() -> None:
             pool = DecodePool(**tuning[name])
             pool.start()
             bench.tuned[name] = CaptionService(settings, slot, pool)
-    if "engine" in variants:
+    if set(APPENDED) & set(variants):
+        if not isinstance(engine.adapter, Qwen25OmniAdapter):
+            parser.error(f"--variants {','.join(APPENDED)} are Qwen2.5-Omni's (this model is {engine.adapter.family})")
+        # The same engine, its adapter giving the sound after the frames.
+        appended_engine = copy.copy(engine)
+        appended_engine.adapter = Qwen25OmniAdapter(audio_in_video=False)
+        appended_slot = EngineSlot()
+        appended_slot.set(appended_engine)
+        bench.appended = CaptionService(settings, appended_slot, service.decoder)
+    if {"engine", "engine_appended"} & set(variants):
         bench.predecode()
     if "vllm_loader" in variants:
         bench.setup_vllm_loader()
@@ -465,6 +513,12 @@ def main() -> None:
             "max_num_batched_tokens": scheduler.max_num_batched_tokens,
             "enable_prefix_caching": engine.llm.vllm_config.cache_config.enable_prefix_caching,
             "mm_processor_cache_gb": engine.llm.vllm_config.model_config.multimodal_config.mm_processor_cache_gb,
+            "quantization": engine.llm.vllm_config.model_config.quantization,
+            "kv_cache_dtype": engine.llm.vllm_config.cache_config.cache_dtype,
+            # Tokens the KV cache holds: with fp8 KV twice as many fit the same memory.
+            "kv_cache_tokens": (engine.llm.vllm_config.cache_config.num_gpu_blocks or 0)
+            * engine.llm.vllm_config.cache_config.block_size,
+            "gpu_memory_used_gib": memory_gib,
         },
         "clips_ready_s": round(clips_s, 1),
         "engine_start_s": round(start_s, 1),
@@ -480,6 +534,18 @@ def main() -> None:
     engine.shutdown()
     for decoders in [service.decoder, *(tuned.decoder for tuned in bench.tuned.values())]:
         decoders.shutdown()
+
+
+def _gpu_memory_used_gib() -> float | None:
+    """Memory in use on GPU 0 (every process: the engine core's), None without NVML."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        used = pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(0)).used
+    except Exception:  # no bindings, driver or GPU
+        return None
+    return round(used / 2**30, 2)
 
 
 def _device() -> str:

@@ -67,6 +67,9 @@ def worker_env(tiny_model: Path, media_dir: Path, work_dir: Path) -> dict[str, s
         WORK_DIR=str(work_dir),
         # The tests' URL servers listen on 127.0.0.1.
         ALLOW_PRIVATE_URLS="true",
+        # A streaming endpoint: every job's output is the list of its parts (tests/local_api.py reads that);
+        # tests/test_seeds_api.py runs the default, whose output is the result itself.
+        ENABLE_STREAMING="true",
         PYTHONUNBUFFERED="1",
     )
     return env

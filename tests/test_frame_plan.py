@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from worker.api.errors import UnsupportedInputError
 from worker.media.frame_plan import (
     audio_window,
+    auto_chunk_seconds,
     MAX_ASPECT_RATIO,
     ChunkPlan,
     ModelLimits,
@@ -424,3 +425,43 @@ def test_an_image_fits_its_request(h: int, w: int, context: int, max_tokens: int
         return
     assert video_tokens(1, rh, rw, QWEN) + _reserve(128, None) + max_tokens <= context
     assert rh % QWEN.factor == 0 and rw % QWEN.factor == 0 and rh * rw <= 448 * 448 * 4
+
+
+# --- mode "auto" (Tarsier2's length-chosen chunking) ---------------------------------------------------
+
+
+def test_auto_chunking_of_tarsier2s_example_gives_three_chunks() -> None:
+    """180 s at max_frames 128 and min_fps 2: chunks of 128 / 2 = 64 s, ceil(180 / 64) = 3 of them."""
+    assert auto_chunk_seconds(180.0, 128, 2.0) == 64.0
+    assert auto_chunk_seconds(64.0, 128, 2.0) is None  # 64 s x 2 fps = 128 frames: one pass
+    sampling = Sampling(2.0, 128, None, False, min_fps=2.0)
+    plan = plan_video_frames(180.0, 30.0, 360, 640, False, sampling, limits())
+    assert plan.chunk_seconds == 64.0
+    assert [(c.start, c.end) for c in plan.chunks] == [(0.0, 64.0), (64.0, 128.0), (128.0, 180.0)]
+    assert [len(c.timestamps) for c in plan.chunks] == [128, 128, 104]  # 2 fps in every chunk
+    single = plan_video_frames(60.0, 30.0, 360, 640, False, sampling, limits())
+    assert single.chunk_seconds is None and len(single.chunks) == 1 and len(single.chunks[0].timestamps) == 120
+
+
+@given(
+    st.floats(min_value=0.01, max_value=4 * 3600, allow_nan=False),
+    st.integers(1, 256),
+    st.floats(min_value=0.1, max_value=30.0),
+)
+def test_auto_chunking_properties(duration: float, max_frames: int, min_fps: float) -> None:
+    chunk = auto_chunk_seconds(duration, max_frames, min_fps)
+    if chunk is None:
+        # One pass when max_frames frames are enough to see the whole video at min_fps.
+        assert duration * min_fps <= max_frames + 1e-6
+        return
+    assert duration * min_fps > max_frames
+    assert chunk == pytest.approx(max_frames / min_fps)  # each chunk's max_frames frames are min_fps apart
+    bounds = chunk_bounds(duration, chunk)
+    assert len(bounds) == math.ceil(duration / chunk - 1e-6) >= 2
+    assert all(end - start <= chunk + 1e-6 for start, end in bounds)
+
+
+@pytest.mark.parametrize("bad", [(0.0, 10, 1.0), (10.0, 0, 1.0), (10.0, 10, 0.0), (math.inf, 10, 1.0)])
+def test_auto_chunking_rejects_impossible_inputs(bad: tuple[float, int, float]) -> None:
+    with pytest.raises(ValueError):
+        auto_chunk_seconds(*bad)

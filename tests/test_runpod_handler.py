@@ -1,4 +1,4 @@
-"""The handler under the runpod SDK's own job runners (runpod-python 1.10.0), with a fake engine
+"""The handler under the runpod SDK's own job runners (runpod-python 1.12.0), with a fake engine
 (tests/fakes.py): what RunPod's /stream, /status (progress) and /runsync receive. The local API
 cannot show these: it runs a job only when /runsync, /status or /stream is called, answers when the job
 has ended, and has no progress (tests/test_long_videos.py covers it with the real engine)."""
@@ -147,7 +147,7 @@ def test_runpod_replaces_the_worker_when_its_engine_cannot_be_rebuilt(
     svc = CaptionService(Settings(allowed_media_roots=[media_dir], work_dir=work_dir), DeadEngineSlot(engine))
     config = handle_job(svc, {"video": str(clip), "stream": True})
     (done,) = api.of("done")
-    # A generator's "refresh_worker" output is not read by runpod 1.10.0: the handler sets the config flag,
+    # A generator's "refresh_worker" output is not read by runpod 1.12.0: the handler sets the config flag,
     # which handle_job turns into stopPod.
     assert done["stopPod"] is True and json.loads(done["error"])["type"] == "engine_error"
     assert config["refresh_worker"] is True

@@ -33,7 +33,7 @@ def test_defaults() -> None:
     "field,value",
     [
         ("fps", 0.09), ("fps", 30.5), ("max_frames", 0), ("max_frames", 101), ("temperature", -0.1),
-        ("temperature", 2.1), ("top_p", 0.0), ("top_p", 1.01), ("max_tokens", 0), ("max_tokens", 2049),
+        ("temperature", 2.1), ("top_p", -0.01), ("top_p", 1.01), ("max_tokens", 0), ("max_tokens", 2049),
         ("top_k", 0), ("repetition_penalty", 0.0), ("seed", -1), ("fps", float("nan")), ("fps", "2"),
         ("process_audio", "true"), ("max_frames", 3.0), ("prompt", ""), ("stop", [""]), ("stop", 5),
     ],
@@ -43,7 +43,8 @@ def test_out_of_range_or_wrong_type_is_rejected_not_clamped(field: str, value: o
 
 
 @pytest.mark.parametrize("field,value", [("fps", 0.1), ("fps", 30), ("max_frames", 1), ("max_frames", 100),
-                                         ("temperature", 0), ("temperature", 2), ("top_p", 1), ("max_tokens", 2048)])
+                                         ("temperature", 0), ("temperature", 2), ("top_p", 0), ("top_p", 1),
+                                         ("max_tokens", 2048)])
 def test_boundaries_are_accepted(field: str, value: object) -> None:
     assert getattr(parse(video="https://e.com/v.mp4", **{field: value}), field) == value
 

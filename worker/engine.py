@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -23,6 +25,10 @@ from worker.api.errors import EngineError, UnsupportedInputError, ValidationErro
 log = logging.getLogger(__name__)
 
 
+# Largest KV cache the CPU backend gets by default (_cpu_kv_cache_bytes): the default model's 32768-token
+# context needs 1.75 GiB (Qwen2.5-VL/Omni 7B), the tiny test models a few MiB.
+CPU_KV_CACHE_BYTES = 2 * 2**30
+
 REPORTED_SAMPLING = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_tokens", "seed", "stop")
 
 
@@ -33,6 +39,8 @@ class Generation:
     completion_tokens: int
     finish_reason: str | None
     sampling: dict[str, Any]  # the sampling parameters in effect, job's and model's defaults merged
+    token_ids: tuple[int, ...] = ()  # the answer's ids (commentary extends its conversation with them)
+    cached_tokens: int | None = None  # prompt tokens vLLM's prefix cache served (None: not reported)
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,7 @@ class Engine:
         from transformers import AutoConfig
         from vllm import AsyncEngineArgs
         from vllm.config import StructuredOutputsConfig
+        from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
 
         hf_config = AutoConfig.from_pretrained(
@@ -80,6 +89,7 @@ class Engine:
             tokenizer=settings.tokenizer_name,
             max_model_len=settings.max_model_len,
             gpu_memory_utilization=settings.gpu_memory_utilization,
+            kv_cache_memory_bytes=_cpu_kv_cache_bytes(settings),
             dtype=settings.dtype,
             enforce_eager=settings.enforce_eager,
             load_format=settings.load_format,
@@ -93,11 +103,30 @@ class Engine:
             structured_outputs_config=StructuredOutputsConfig(
                 backend=settings.structured_outputs_backend, disable_any_whitespace=True
             ),
-            **settings.engine_overrides(),
-            **adapter.engine_kwargs(limits),
+            # The family's needs win over the deployment's knobs (Qwen2.5-Omni must run without the
+            # multimodal processor cache, whatever MM_PROCESSOR_CACHE_GB says).
+            **(settings.engine_overrides() | adapter.engine_kwargs(limits)),
         )
         started = time.perf_counter()
-        llm = AsyncLLM.from_engine_args(args)
+        # The configuration first (what AsyncLLM.from_engine_args does first): vLLM checks QUANTIZATION,
+        # KV_CACHE_DTYPE and the rest against the checkpoint and the GPU here, before any weights load.
+        try:
+            config = args.create_engine_config(UsageContext.ENGINE_CONTEXT)
+        except ValueError as exc:  # pydantic's ValidationError, vLLM's config checks, is one
+            raise EngineError(f"vLLM rejects the engine settings{_chosen(settings)}: {_reason(exc)}") from exc
+        try:
+            llm = AsyncLLM.from_vllm_config(
+                config, enable_log_requests=args.enable_log_requests, disable_log_stats=args.disable_log_stats
+            )
+        except Exception as exc:
+            if not _chosen(settings):
+                raise
+            # vLLM accepted the names, but the kernels for them are missing here (fp8 on the CPU backend, an
+            # older GPU): the engine core's own error is only in the log, so name the likely cause.
+            raise EngineError(
+                f"the engine failed to start with{_chosen(settings)}, which this GPU or platform may not support "
+                f"(vLLM's reason is in the worker log above this error): {type(exc).__name__}: {exc}"
+            ) from exc
         elapsed = time.perf_counter() - started
         log.info("engine ready in %.1f s (%s, adapter %s)", elapsed, settings.model_name, adapter.family)
         return cls(llm, adapter, llm.get_tokenizer(), settings.model_name, pixels)
@@ -118,6 +147,12 @@ class Engine:
             stream: AsyncIterator[Any] = self.llm.generate(inputs, params, request_id)
             async for output in stream:
                 final = output
+        except asyncio.CancelledError:
+            # The job was cancelled (RunPod's /cancel, a timeout): vLLM aborts the request when its stream is
+            # cancelled, except while it was still being added; abort by our id too, which is a no-op after that.
+            with contextlib.suppress(Exception):  # best effort: the cancellation must go on whatever happens
+                await self.llm.abort(request_id)
+            raise
         except EngineDeadError as exc:
             if self.on_death is not None:
                 self.on_death()
@@ -136,6 +171,8 @@ class Engine:
             completion_tokens=len(completion.token_ids),
             finish_reason=completion.finish_reason,
             sampling={name: getattr(params, name) for name in REPORTED_SAMPLING},
+            token_ids=tuple(completion.token_ids),
+            cached_tokens=getattr(final, "num_cached_tokens", None),
         )
 
     def check_json_schema(self, schema: dict[str, Any]) -> None:
@@ -188,6 +225,38 @@ def _structured(json_schema: dict[str, Any] | None) -> Any:
     from vllm.sampling_params import StructuredOutputsParams
 
     return StructuredOutputsParams(json=json_schema)
+
+
+def _chosen(settings: Settings) -> str:
+    """The quantization settings the deployment set, for an error message: they are the usual culprits."""
+    chosen = {"QUANTIZATION": settings.quantization, "KV_CACHE_DTYPE": settings.kv_cache_dtype}
+    named = ", ".join(f"{name}={value}" for name, value in chosen.items() if value is not None)
+    return f" ({named})" if named else ""
+
+
+def _reason(exc: ValueError) -> str:
+    """vLLM's own words without pydantic's wrapping (input dumps, documentation links)."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        return "; ".join(str(error.get("msg", error)).removeprefix("Value error, ") for error in errors())
+    return str(exc)
+
+
+def _cpu_kv_cache_bytes(settings: Settings) -> int | None:
+    """On vLLM's CPU backend GPU_MEMORY_UTILIZATION is the share of the machine's RAM the engine may take,
+    checked against what is free at start, so the GPU default (0.9) fails on any machine that runs anything
+    else. Unless the deployment set it (or vLLM's own VLLM_CPU_KVCACHE_SPACE), the KV cache gets an absolute
+    budget instead: a quarter of the memory available now, at most CPU_KV_CACHE_BYTES. None elsewhere."""
+    import psutil
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu() or "gpu_memory_utilization" in settings.model_fields_set:
+        return None
+    if os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+        return None
+    budget = min(CPU_KV_CACHE_BYTES, psutil.virtual_memory().available // 4)
+    log.info("CPU engine, GPU_MEMORY_UTILIZATION unset: KV cache of %.2f GiB", budget / 2**30)
+    return budget
 
 
 def _pixel_limits(settings: Settings) -> MediaPixels:

@@ -1,20 +1,21 @@
 """Glue between the runpod SDK and the caption service.
 
-The handler is an async generator wherever the SDK runs generators, so a job with ``stream: true`` sends
-each finished segment as it completes (RunPod ``/stream``). runpod-python 1.10.0 decides how to call the
-handler from its type alone, once per process, not per job:
+runpod-python (1.12.0; the same since 1.10.0) decides how to call the handler from its type alone, once per
+process, not per job, and the type decides what a job's ``output`` is:
 
-- on RunPod (``JobScaler`` -> ``rp_job.handle_job``) a generator's parts are posted to ``/stream`` as they
-  come and, with ``return_aggregate_stream``, ``/run``/``/runsync``/``/status`` give the list of all
-  parts; a part with ``"error"`` ends the job as FAILED.
-- the local API (``--rp_serve_api``) runs generators for ``/runsync``, ``/status`` and ``/stream``, and
-  also answers with the list of parts.
-- ``--test_input`` / ``test_input.json`` (``rp_local.run_local``) and the realtime server
-  (``RUNPOD_REALTIME_PORT``) call the handler through ``rp_job.run_job``, which does not iterate a
-  generator: there the handler is a plain coroutine that returns the complete result.
+- a coroutine handler's return value is the job's ``output`` itself (``rp_job.run_job``, on RunPod, the local
+  API, ``--test_input`` and the realtime server alike); one with ``"error"`` ends the job FAILED with it.
+- an async generator's parts are posted to ``/stream`` as they come (``rp_job.handle_job`` on RunPod; the
+  local API runs them for ``/runsync``, ``/status`` and ``/stream``), and with ``return_aggregate_stream``
+  the job's ``output`` is the list of all parts; a part with ``"error"`` ends the job as FAILED. The
+  one-shot runners (``--test_input``, realtime) never iterate a generator.
 
-So every job's output on RunPod is a list whose last element is the complete result (``[result]`` for a
-job that does not stream); README, "Output".
+So by default (``ENABLE_STREAMING`` false) the handler is a coroutine: ``output`` is the result, as a client
+written for a plain RunPod worker reads it, and a job asking to stream is refused naming the setting. With
+``ENABLE_STREAMING`` true it is a generator wherever the SDK runs one, so a job with ``stream: true`` sends
+each finished segment as it completes, and every job's output is the list of its parts, the result last
+(README, "Output"). Progress updates reach RunPod's ``/status`` either way. A job RunPod stops (``/cancel``,
+a timeout: the SDK cancels its task) stops its work, engine requests included (CaptionService.run).
 """
 
 from __future__ import annotations
@@ -27,13 +28,15 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from worker.bootstrap import bootstrap, exit_on_sigterm
-from worker.config import Settings, get_settings
+from worker.bootstrap import bootstrap, configure_logging, exit_on_sigterm
+from worker.config import Settings, get_settings, warn_unknown_settings
 from worker.api.wire import to_runpod
 from worker.job.context import Progress
 from worker.job.service import CaptionService
 
 log = logging.getLogger(__name__)
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 StreamHandler = Callable[[dict[str, Any]], AsyncIterator[dict[str, Any]]]
@@ -48,7 +51,7 @@ class SdkMode:
 
 
 def sdk_mode(argv: Sequence[str], environ: Mapping[str, str]) -> SdkMode:
-    """The SDK's own dispatch (runpod/serverless/__init__.py ``start`` and worker.py ``main``, 1.10.0),
+    """The SDK's own dispatch (runpod/serverless/__init__.py ``start`` and worker.py ``main``, 1.12.0),
     with its own argument parser: local API first, then the realtime server, then a one-shot local test
     when there is a test input or no job queue to poll, else the worker loop."""
     from runpod.serverless import parser
@@ -76,7 +79,7 @@ def make_stream_handler(service: CaptionService, config: dict[str, Any], *, prog
             report = partial(runpod.serverless.progress_update, job)
         async for output in service.run(job.get("input"), job.get("id"), report):
             if output.refresh_worker:
-                # For a generator, runpod-python 1.10.0 (rp_job.handle_job) ignores "refresh_worker" in the
+                # For a generator, runpod-python 1.12.0 (rp_job.handle_job) ignores "refresh_worker" in the
                 # output and reads only config["refresh_worker"] when the job ends, adding "stopPod" to its
                 # result: set it, so RunPod replaces this worker (whose engine could not be rebuilt).
                 config["refresh_worker"] = True
@@ -85,11 +88,19 @@ def make_stream_handler(service: CaptionService, config: dict[str, Any], *, prog
     return handler
 
 
-def make_handler(service: CaptionService) -> Handler:
-    """The handler where the SDK only awaits a coroutine: the complete output, nothing streamed."""
+def make_handler(service: CaptionService, *, progress: bool = False, streaming: bool = True) -> Handler:
+    """The handler the SDK awaits: returns the complete output, which becomes the job's ``output`` itself
+    (a dict) or, with ``"error"``, a FAILED job. ``progress``: post progress updates (RunPod's job queue);
+    ``streaming`` False: a job asking to stream is refused with a validation error naming ENABLE_STREAMING
+    (with True, as for ``--test_input`` of a streaming endpoint, it just gets the complete output)."""
 
     async def handler(job: dict[str, Any]) -> dict[str, Any]:
-        output = await service.complete(job.get("input"), job.get("id"))
+        report: Progress | None = None
+        if progress:
+            import runpod
+
+            report = partial(runpod.serverless.progress_update, job)
+        output = await service.complete(job.get("input"), job.get("id"), report, streaming=streaming)
         return to_runpod(output.body, refresh_worker=output.refresh_worker)
 
     return handler
@@ -99,16 +110,22 @@ def build_worker(settings: Settings | None = None) -> dict[str, Any]:
     """Everything ``runpod.serverless.start`` needs. Builds the engine now, at cold start, once."""
     settings = settings or get_settings()
     exit_on_sigterm("SIGTERM: shutting down", 0)
-    service = bootstrap(settings, log_format="%(asctime)s %(levelname)s %(name)s: %(message)s").service
+    # The misspelt and foreign variables first, before the minutes of the engine's start (bootstrap configures
+    # logging again, to the same effect).
+    configure_logging(settings, LOG_FORMAT)
+    warn_unknown_settings(os.environ)
+    service = bootstrap(settings, log_format=LOG_FORMAT).service
     config: dict[str, Any] = {
-        # /run, /runsync and /status give the list of everything the generator yielded, the result last.
-        "return_aggregate_stream": True,
         # Jobs in flight at once; vLLM batches their generation and their decodes overlap it.
         "concurrency_modifier": lambda current: settings.max_concurrency,
     }
     mode = sdk_mode(sys.argv[1:], os.environ)
-    if mode.generators:
+    if settings.enable_streaming and mode.generators:
+        # /run, /runsync and /status give the list of everything the generator yielded, the result last.
+        config["return_aggregate_stream"] = True
         config["handler"] = make_stream_handler(service, config, progress=mode.progress)
     else:
-        config["handler"] = make_handler(service)
+        config["handler"] = make_handler(service, progress=mode.progress, streaming=settings.enable_streaming)
+    streams = "return_aggregate_stream" in config
+    log.info("jobs answer with %s", "the list of their parts (ENABLE_STREAMING)" if streams else "their result")
     return config

@@ -40,6 +40,13 @@ def refuse_control_tokens(request: CaptionRequest, tokenizer: Any) -> None:
         texts.append(("prompt", request.prompt))
     for i, message in enumerate(request.messages or ()):
         texts.append((f"messages[{i}].content", message.content))
+    for name in ("videos", "images"):
+        for i, entry in enumerate(getattr(request, name) or ()):
+            if not isinstance(entry, str) and entry.prompt is not None:
+                texts.append((f"{name}[{i}].prompt", entry.prompt))
+    # The captions of a context job go into its prompt as they are: a caller could put anything there.
+    for i, segment in enumerate(request.context_segments):
+        texts.append((f"context[{i}].caption", segment.caption))
     problems = []
     for field, text in texts:
         found = list(dict.fromkeys(match.group() for match in pattern.finditer(text)))

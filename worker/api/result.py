@@ -113,3 +113,30 @@ class BatchResult(BaseModel):
 
     results: list[dict[str, Any]]
     metadata: BatchMetadata
+
+
+class AnswerMetadata(BaseModel):
+    """A context job's answer: what it was answered from and what it cost. No media was fetched or decoded."""
+
+    mode: Literal["context"] = "context"
+    context_segments: int = Field(description="timestamped captions the answer was drawn from")
+    context_span: tuple[float, float] = Field(description="(start, end) seconds of the video they cover")
+    requests: int = Field(description="text-only engine requests (more than one when the captions do not fit one)")
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str | None
+    sampling: dict[str, Any]
+    processing_time: float
+    warnings: list[str]
+
+
+class AnswerResult(BaseModel):
+    """A context job's answer, under ``caption`` like every job's text."""
+
+    caption: str
+    structured: Any = Field(None, description="the answer parsed as JSON, with json_schema only")
+    metadata: AnswerMetadata
+
+    def to_output(self, *, structured: bool) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude=None if structured else {"structured"})

@@ -1,107 +1,76 @@
 """The job input contract (its answer: worker/api/result.py).
 
 Input validation is declarative (pydantic field constraints); ``parse_request`` turns pydantic's report
-into one ``ValidationError`` that names every bad field. The media-source rules live here too, because
-they are part of what a valid request is.
+into one ``ValidationError`` that names every bad field. The media-source rules (worker/api/media_fields.py)
+and the object-valued fields (worker/api/items.py) are part of what a valid request is, checked here together.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import jsonschema
 import pydantic
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
-    StringConstraints,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from worker.api.commentary_rules import COMMENTARY, commentary_problems
 from worker.api.errors import ValidationError
+from worker.api.items import (
+    Context,
+    ContextSegment,
+    ImageEntry,
+    Mode,
+    VideoEntry,
+    VideoItem,
+    auto_when_min_fps,
+    context_timeline,
+    entry_source,
+    max_frames_limit,
+)
+from worker.api.media_fields import (
+    BATCH_FIELDS,
+    PATH_MAX,
+    SOURCE_FIELDS,
+    MediaSource,
+    MediaStr,
+    MediaType,
+    NonEmptyStr,
+    PathStr,
+    PromptStr,
+    SourceKind,
+    StopStr,
+    UrlStr,
+    classify_video,
+    source_from,
+    strip_data_uri,
+)
+from worker.api.presets import TASKS, TaskName
+
+# Re-exported: callers name the media types and source rules through the request contract.
+__all__ = [
+    "BATCH_FIELDS",
+    "PATH_MAX",
+    "SOURCE_FIELDS",
+    "CaptionRequest",
+    "ChatMessage",
+    "MediaSource",
+    "MediaType",
+    "SourceKind",
+    "classify_video",
+    "parse_request",
+    "strip_data_uri",
+]
 
 DEFAULT_PROMPT = "Describe this video in detail."
 DEFAULT_IMAGE_PROMPT = "Describe this image in detail."
-# Linux PATH_MAX. A `video` string starting with "/" is a path up to this length; longer ones are base64.
-PATH_MAX = 4096
-_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
-_DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?:;[\w-]+=[\w.-]+)*;base64,", re.IGNORECASE)
-
-SourceKind = Literal["url", "path", "base64"]
-MediaType = Literal["video", "image"]
-# The fields that name the job's media: a bare one (classified by classify_video's rules) and three
-# explicit ones per media type. Exactly one of them must be given.
-SOURCE_FIELDS: dict[str, tuple[MediaType, SourceKind | None]] = {
-    "video": ("video", None),
-    "video_url": ("video", "url"),
-    "video_path": ("video", "path"),
-    "video_base64": ("video", "base64"),
-    "image": ("image", None),
-    "image_url": ("image", "url"),
-    "image_path": ("image", "path"),
-    "image_base64": ("image", "base64"),
-}
-# Several media in one job, each string read by classify_video's rules; they count as a source field.
-BATCH_FIELDS: dict[str, MediaType] = {"videos": "video", "images": "image"}
-
-
-@dataclass(frozen=True)
-class MediaSource:
-    kind: SourceKind
-    value: str  # the URL, the path, or the base64 payload without any data: prefix
-    media_type: MediaType = "video"
-
-    def describe(self) -> str:
-        """A log- and error-safe description (never the payload itself)."""
-        if self.kind == "base64":
-            return f"base64 ({len(self.value)} chars)"
-        return f"{self.kind} {self.value[:200]!r}"
-
-
-def strip_data_uri(value: str) -> str:
-    match = _DATA_URI.match(value)
-    return value[match.end() :] if match else value
-
-
-def classify_video(value: str) -> MediaSource:
-    """Decide what a bare ``video`` (or ``image``) string is. The rules, in order (README, "Media sources"):
-
-    1. ``data:...;base64,`` prefix -> base64.
-    2. ``http://`` / ``https://`` -> URL; any other ``scheme://`` is rejected.
-    3. Starts with ``/`` and at most PATH_MAX characters -> absolute path. (Base64 may start with "/"
-       too, but only when the first byte is 0xFC-0xFF, which no video container does; callers with such
-       payloads use ``video_base64``.)
-    4. Anything else -> base64.
-    """
-    if value.lower().startswith("data:"):
-        if not _DATA_URI.match(value):
-            raise ValueError("a data: URI must look like data:video/mp4;base64,<payload>")
-        return MediaSource("base64", strip_data_uri(value))
-    scheme = _SCHEME.match(value)
-    if scheme:
-        if scheme.group(1).lower() in ("http", "https"):
-            return MediaSource("url", value)
-        raise ValueError(f"URL scheme {scheme.group(1)!r} is not supported; use http(s)")
-    if value.startswith("/") and len(value) <= PATH_MAX:
-        return MediaSource("path", value)
-    return MediaSource("base64", value)
-
-
-def _classifiable(value: str) -> str:
-    classify_video(value)  # raises ValueError for a rejected scheme or data URI
-    return value
-
-
-NonEmptyStr = Annotated[str, StringConstraints(min_length=1)]
-MediaStr = Annotated[str, StringConstraints(min_length=1), AfterValidator(_classifiable)]
-StopStr = Annotated[str, StringConstraints(min_length=1, max_length=256)]
-PromptStr = Annotated[str, StringConstraints(min_length=1, max_length=16384)]
+STREAMING_SETTING = "ENABLE_STREAMING"
 
 
 class ChatMessage(BaseModel):
@@ -118,16 +87,22 @@ class CaptionRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    video: NonEmptyStr | None = Field(None, description="base64, data: URI, absolute path or http(s) URL")
-    video_url: NonEmptyStr | None = None
-    video_path: NonEmptyStr | None = None
+    video: MediaStr | None = Field(None, description="base64, data: URI, absolute path or http(s) URL")
+    video_url: UrlStr | None = None
+    video_path: PathStr | None = None
     video_base64: NonEmptyStr | None = None
-    image: NonEmptyStr | None = Field(None, description="one still image instead of a video; same rules")
-    image_url: NonEmptyStr | None = None
-    image_path: NonEmptyStr | None = None
+    image: MediaStr | None = Field(None, description="one still image instead of a video; same rules")
+    image_url: UrlStr | None = None
+    image_path: PathStr | None = None
     image_base64: NonEmptyStr | None = None
-    videos: list[MediaStr] | None = Field(None, min_length=1, description="several videos, one result each")
-    images: list[MediaStr] | None = Field(None, min_length=1, description="several images, one result each")
+    videos: list[VideoEntry] | None = Field(
+        None, min_length=1, description="several videos, one result each; an item may be an object with its own options"
+    )
+    images: list[ImageEntry] | None = Field(None, min_length=1, description="several images, one result each")
+    context: Context | None = Field(
+        None, description="an earlier job's segments (or whole result): the prompt is answered from them, no media"
+    )
+    task: TaskName | None = Field(None, description="a named prompt and json_schema (worker/api/presets.py)")
 
     prompt: PromptStr | None = Field(
         None, description=f"default: {DEFAULT_PROMPT!r} ({DEFAULT_IMAGE_PROMPT!r} for an image)"
@@ -135,7 +110,8 @@ class CaptionRequest(BaseModel):
     messages: list[ChatMessage] | None = Field(
         None, min_length=1, max_length=64, description="a conversation instead of prompt; media in the first user turn"
     )
-    mode: Literal["single", "chunked"] = "single"
+    mode: Mode | Literal["commentary"] = Field("single", description='"commentary": LiveCC\'s live commentary')
+    min_fps: float | None = Field(None, ge=0.1, le=30.0, allow_inf_nan=False, description='mode "auto" (implies it)')
     chunk_seconds: float | None = Field(None, ge=1.0, le=3600.0, allow_inf_nan=False)
     combine: Literal["summary", "concat"] | None = Field(None, description='chunked mode; default "summary"')
     stream: bool = False
@@ -143,7 +119,7 @@ class CaptionRequest(BaseModel):
     fps: float = Field(1.0, ge=0.1, le=30.0, allow_inf_nan=False)
     max_frames: int = Field(30, ge=1, description="upper bound: env MAX_FRAMES_LIMIT (default 100)")
     temperature: float = Field(0.7, ge=0.0, le=2.0, allow_inf_nan=False)
-    top_p: float = Field(0.9, gt=0.0, le=1.0, allow_inf_nan=False)
+    top_p: float = Field(0.9, ge=0.0, le=1.0, allow_inf_nan=False, description="0: greedy (temperature 0)")
     max_tokens: int = Field(512, ge=1, le=2048)
     process_audio: bool = False
     top_k: int | None = Field(None, ge=1, le=1000)
@@ -151,36 +127,11 @@ class CaptionRequest(BaseModel):
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     stop: StopStr | list[StopStr] | None = Field(None, max_length=16)
 
-    @field_validator("max_frames")
-    @classmethod
-    def _max_frames_limit(cls, value: int, info: ValidationInfo) -> int:
-        limit = (info.context or {}).get("max_frames_limit", 100)
-        if value > limit:
-            raise ValueError(f"must be at most {limit} (MAX_FRAMES_LIMIT of this deployment)")
-        return value
-
-    @field_validator("video_url", "image_url")
-    @classmethod
-    def _url_scheme(cls, value: str | None) -> str | None:
-        if value is not None and classify_video(value).kind != "url":
-            raise ValueError("must be an http:// or https:// URL")
-        return value
-
-    @field_validator("video_path", "image_path")
-    @classmethod
-    def _absolute_path(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith("/"):
-            raise ValueError("must be an absolute path")
-        return value
-
-    @field_validator("video", "image")
-    @classmethod
-    def _classifiable(cls, value: str | None) -> str | None:
-        return _classifiable(value) if value is not None else None
+    _max_frames_limit = field_validator("max_frames")(max_frames_limit)
 
     @field_validator("videos", "images")
     @classmethod
-    def _batch_size(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
+    def _batch_size(cls, value: list[Any] | None, info: ValidationInfo) -> list[Any] | None:
         limit = (info.context or {}).get("max_batch_items", 32)
         if value is not None and len(value) > limit:
             raise ValueError(f"at most {limit} items per job (MAX_BATCH_ITEMS of this deployment)")
@@ -211,19 +162,72 @@ class CaptionRequest(BaseModel):
                 raise ValueError(f"not a valid JSON Schema: {exc.message}" + (f" (at {where})" if where else ""))
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_in(cls, data: Any) -> Any:
+        """A task's prompt and schema where the job gives none; mode "auto" where only ``min_fps`` asks for it."""
+        data = auto_when_min_fps(data)
+        task = data.get("task") if isinstance(data, dict) else None
+        preset = TASKS.get(task) if isinstance(task, str) else None
+        if preset is not None:
+            if preset.json_schema is not None and "json_schema" not in data:
+                data = data | {"json_schema": preset.json_schema}
+            if preset.prompt is not None and "prompt" not in data and "messages" not in data and "context" not in data:
+                data = data | {"prompt": preset.prompt}
+        return data
+
     @model_validator(mode="after")
     def _consistent(self) -> CaptionRequest:
-        given = [name for name in (*SOURCE_FIELDS, *BATCH_FIELDS) if getattr(self, name)]
+        given = [name for name in (*SOURCE_FIELDS, *BATCH_FIELDS, "context") if getattr(self, name)]
         if len(given) != 1:
-            names = ", ".join((*SOURCE_FIELDS, *BATCH_FIELDS))
+            names = ", ".join((*SOURCE_FIELDS, *BATCH_FIELDS, "context"))
             raise ValueError(f"give exactly one of {names}" + (f" (got {', '.join(given)})" if given else ""))
         if self.prompt is not None and self.messages is not None:
             raise ValueError("give prompt or messages, not both")
-        if self.mode == "single" and (self.chunk_seconds is not None or self.combine is not None):
-            raise ValueError('chunk_seconds and combine apply to mode "chunked" only')
-        if self.mode == "chunked" and self.media_type == "image":
-            raise ValueError('mode "chunked" is for videos')
+        preset = TASKS.get(self.task or "")
+        if preset is not None and preset.json_schema is not None and self.json_schema != preset.json_schema:
+            raise ValueError(f"task {self.task!r} brings its own json_schema: give one of them, not both")
+        problems = self._context_problems() if self.context is not None else self._mode_problems()
+        if self.mode == COMMENTARY and self.context is None:
+            problems += commentary_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
+
+    def _context_problems(self) -> list[str]:
+        """A context job has no media: media options would be silently ignored, so they are errors."""
+        problems = [
+            f"{name} does not apply to a context job (it has no media)"
+            for name in ("chunk_seconds", "combine", "min_fps")
+            if getattr(self, name) is not None
+        ]
+        if self.mode != "single":
+            problems.append(f'mode "{self.mode}" does not apply to a context job (it has no media)')
+        if self.messages is not None:
+            problems.append("a context job takes its question as prompt, not messages")
+        return problems
+
+    def _mode_problems(self) -> list[str]:
+        """Chunking options that no video of the job would use would be silently ignored: errors instead."""
+        problems = []
+        if self.mode != "single" and self.media_type == "image":
+            problems.append(f'mode "{self.mode}" is for videos')
+        # The modes the job's videos run in: the job's, or in a batch each item's own (the job's by default).
+        modes = set() if self.videos else {self.mode}
+        for index, entry in enumerate(self.videos or ()):
+            mode = entry.mode or self.mode if isinstance(entry, VideoItem) else self.mode
+            modes.add(mode)
+            if isinstance(entry, VideoItem) and entry.chunk_seconds is not None and mode != "chunked":
+                problems.append(f'videos[{index}]: chunk_seconds applies to mode "chunked" only')
+            if isinstance(entry, VideoItem) and entry.min_fps is not None and mode != "auto":
+                problems.append(f'videos[{index}]: min_fps applies to mode "auto" only')
+        if self.chunk_seconds is not None and "chunked" not in modes:
+            problems.append('chunk_seconds applies to mode "chunked" only')
+        if self.combine is not None and modes == {"single"}:
+            problems.append('combine applies to modes "chunked" and "auto" only')
+        if self.min_fps is not None and "auto" not in modes:
+            problems.append('min_fps applies to mode "auto" only')
+        return problems
 
     @property
     def is_batch(self) -> bool:
@@ -231,17 +235,15 @@ class CaptionRequest(BaseModel):
 
     @property
     def sources(self) -> list[MediaSource]:
-        """The job's media in input order: one, or the items of ``videos``/``images``."""
+        """The job's media in input order: one, the items of ``videos``/``images``, or none (a context job)."""
         for name, media_type in BATCH_FIELDS.items():
-            values: list[str] | None = getattr(self, name)
-            if values:
-                return [_typed(classify_video(value), media_type) for value in values]
+            entries: list[Any] | None = getattr(self, name)
+            if entries:
+                return [entry_source(entry, media_type) for entry in entries]
+        if self.context is not None:
+            return []
         name = next(name for name in SOURCE_FIELDS if getattr(self, name))  # exactly one, see above
-        media_type, kind = SOURCE_FIELDS[name]
-        value: str = getattr(self, name)
-        if kind is None:
-            return [_typed(classify_video(value), media_type)]
-        return [MediaSource(kind, strip_data_uri(value) if kind == "base64" else value, media_type)]
+        return [source_from(name, getattr(self, name))]
 
     @property
     def source(self) -> MediaSource:
@@ -252,17 +254,43 @@ class CaptionRequest(BaseModel):
         for name, media_type in BATCH_FIELDS.items():
             if getattr(self, name):
                 return media_type
+        if self.context is not None:
+            return "video"  # the captions describe a video
         return SOURCE_FIELDS[next(name for name in SOURCE_FIELDS if getattr(self, name))][0]
+
+    def for_item(self, index: int) -> CaptionRequest:
+        """The request batch item ``index`` runs with: the job's options, with those the item sets itself.
+        An item's prompt replaces the job's prompt or messages. (Checked together when the job was read.)"""
+        entries: list[Any] = self.videos or self.images or []
+        entry = entries[index]
+        if isinstance(entry, str):
+            return self
+        options = entry.options()
+        if "prompt" in options:
+            options["messages"] = None
+        return self.model_copy(update=options)
+
+    @property
+    def auto_min_fps(self) -> float:
+        """Mode "auto": the rate the video must be seen at, at least (``min_fps``, else ``fps``)."""
+        return self.min_fps if self.min_fps is not None else self.fps
 
     @property
     def chunk_length(self) -> float:
         """Seconds of video per chunk in chunked mode: ``chunk_seconds``, else what ``max_frames`` frames
-        at ``fps`` span."""
-        return self.chunk_seconds if self.chunk_seconds is not None else self.max_frames / self.fps
+        at ``fps`` span (at ``min_fps`` in mode "auto")."""
+        if self.chunk_seconds is not None:
+            return self.chunk_seconds
+        return self.max_frames / (self.auto_min_fps if self.mode == "auto" else self.fps)
 
     @property
     def combine_method(self) -> Literal["summary", "concat"]:
         return self.combine or "summary"
+
+    @property
+    def context_segments(self) -> list[ContextSegment]:
+        """A context job's timestamped captions, in time order (empty for other jobs)."""
+        return context_timeline(self.context) if self.context is not None else []
 
     @property
     def text(self) -> str:
@@ -285,10 +313,6 @@ class CaptionRequest(BaseModel):
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
 
-def _typed(source: MediaSource, media_type: MediaType) -> MediaSource:
-    return MediaSource(source.kind, source.value, media_type)
-
-
 def _field_name(loc: tuple[int | str, ...]) -> str:
     # pydantic puts union-member tags ("list[constrained-str]") in the location; callers only need the
     # field and the list index.
@@ -308,13 +332,16 @@ def _short(value: Any) -> Any:
     return value if len(text) <= 80 else text[:77] + "..."
 
 
-def parse_request(raw: Any, *, max_frames_limit: int, max_batch_items: int = 32) -> CaptionRequest:
-    """Validate ``job["input"]``; every problem is listed in one ``ValidationError``."""
+def parse_request(
+    raw: Any, *, max_frames_limit: int, max_batch_items: int = 32, streaming: bool = True
+) -> CaptionRequest:
+    """Validate ``job["input"]``; every problem is listed in one ``ValidationError``. ``streaming``: whether
+    this deployment can stream a job's parts (ENABLE_STREAMING); if not, ``stream: true`` is refused."""
     if not isinstance(raw, dict):
         raise ValidationError(f"input must be a JSON object, got {type(raw).__name__}")
     context = {"max_frames_limit": max_frames_limit, "max_batch_items": max_batch_items}
     try:
-        return CaptionRequest.model_validate(raw, context=context)
+        request = CaptionRequest.model_validate(raw, context=context)
     except pydantic.ValidationError as exc:
         problems: dict[str, dict[str, Any]] = {}
         for err in exc.errors(include_url=False):
@@ -328,3 +355,10 @@ def parse_request(raw: Any, *, max_frames_limit: int, max_batch_items: int = 32)
                 problems[field]["input"] = _short(err.get("input"))
         summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems.values())
         raise ValidationError(f"invalid input: {summary}", details=list(problems.values())) from None
+    if request.stream and not streaming:
+        message = (
+            f"this endpoint does not stream (set {STREAMING_SETTING}=true on it to use /stream; its output is "
+            "then the list of the streamed parts, the result last)"
+        )
+        raise ValidationError(f"invalid input: stream: {message}", details=[{"field": "stream", "message": message}])
+    return request

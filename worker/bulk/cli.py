@@ -2,7 +2,7 @@
 captioning"); this module reads the command line and hands the run to the supervisor, an engine process
 or the endpoint client.
 
-    python -m worker.bulk --input in.jsonl --output out.jsonl [--gpus N]
+    python -m worker.bulk --input in.jsonl --output out.jsonl [--gpus N | --gpus 0,1,2,3]
     python -m worker.bulk --input in.jsonl --output out.jsonl --endpoint https://api.runpod.ai/v2/ID
 """
 
@@ -37,8 +37,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--defaults", type=json_object, default={}, help="job input fields for every line, e.g. '{\"fps\": 2}'"
     )
     parser.add_argument(
-        "--gpus", type=int, default=None, help="engine processes, one per GPU (default: every visible GPU, else 1)"
+        "--gpus",
+        type=gpus,
+        default=None,
+        help="engine processes, one per GPU: a count, or the devices by id (0,1,2,3; one device: 3,) "
+        "(default: every visible GPU, else 1)",
     )
+    parser.add_argument(
+        "--extra-fields",
+        choices=("error", "keep"),
+        default="error",
+        help="manifest fields that are no job option (e.g. meta): an error of the line (default), or kept: "
+        "copied to its output line untouched",
+    )
+    parser.add_argument("--raw", action="store_true", help="copy each manifest line to its output line as raw")
     parser.add_argument(
         "--concurrency", type=int, default=None, help="jobs in flight per engine (default: MAX_CONCURRENCY)"
     )
@@ -61,8 +73,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--worker-shard", help=argparse.SUPPRESS)
     parser.add_argument("--supervisor-pid", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    # A device list sets the devices, and with them the count (supervisor.py); a count leaves the choice.
+    args.devices = args.gpus if isinstance(args.gpus, list) else None
+    if args.devices is not None:
+        args.gpus = None
     if args.gpus is not None and args.gpus < 1:
-        parser.error("--gpus must be at least 1")
+        parser.error("--gpus must be at least 1 (one device by id: --gpus 0,)")
     if args.concurrency is not None and args.concurrency < 1:
         parser.error("--concurrency must be at least 1")
     if args.id_field in RESERVED_FIELDS:
@@ -72,6 +88,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if not args.output.parent.is_dir():
         parser.error(f"--output {args.output}: directory {args.output.parent} does not exist")
     return args
+
+
+def gpus(text: str) -> int | list[str]:
+    """``--gpus``: a count (``2``), or device ids as CUDA_VISIBLE_DEVICES takes them (``0,1,2,3``; ``3,``)."""
+    if "," not in text:
+        try:
+            return int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a count or a comma-separated device list: {text!r}") from None
+    devices = [part.strip() for part in text.split(",") if part.strip()]
+    if not devices or len(set(devices)) != len(devices):
+        raise argparse.ArgumentTypeError(f"a device list names each device once: {text!r}")
+    return devices
 
 
 def json_object(text: str) -> dict[str, Any]:

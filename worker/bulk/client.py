@@ -77,7 +77,8 @@ async def send(client: httpx.AsyncClient, method: str, url: str, retries: int, *
 
 def final_output(body: dict[str, Any]) -> dict[str, Any]:
     """A finished job's complete output (a result or ``{"error": {...}}``) from its status body. The
-    worker's output is the list of its parts, the complete result last (README, "Output")."""
+    worker's output is the result itself, or on a streaming endpoint the list of its parts, the complete
+    result last (README, "Output")."""
     status = body.get("status")
     if status == "COMPLETED":
         output = body.get("output")

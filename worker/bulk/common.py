@@ -23,13 +23,22 @@ Caption = Callable[[Entry], Awaitable[dict[str, Any] | None]]
 
 def entries(args: argparse.Namespace, duplicates: Duplicates | None = None) -> Iterator[Entry]:
     """The manifest's entries, each key once (repeats reported in ``duplicates``)."""
-    lines = read_manifest(args.input, id_field=args.id_field, video_field=args.video_field, defaults=args.defaults)
+    lines = read_manifest(
+        args.input,
+        id_field=args.id_field,
+        video_field=args.video_field,
+        defaults=args.defaults,
+        extra_fields=args.extra_fields,
+    )
     return unique(lines, duplicates if duplicates is not None else Duplicates())
 
 
 def record(entry: Entry, args: argparse.Namespace, output: dict[str, Any]) -> dict[str, Any]:
-    """An output line: the key, the manifest line, and the job's result or its error."""
-    head = {args.id_field: entry.id_value, "line": entry.line}
+    """An output line: the key, the manifest line, the line's kept fields (--extra-fields keep) and the line
+    itself (--raw), and the job's result or its error."""
+    head = {args.id_field: entry.id_value, "line": entry.line} | entry.extra
+    if getattr(args, "raw", False):
+        head["raw"] = entry.raw
     if "error" in output:
         return head | {"error": output["error"]}
     return head | {"result": output}

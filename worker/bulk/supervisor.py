@@ -112,14 +112,23 @@ def supervise(args: argparse.Namespace, lock: int) -> int:
 
     settings = get_settings()
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if args.gpus is None:
+    if args.devices is not None:
+        # The devices named (torchrun style): one engine per TENSOR_PARALLEL_SIZE of them.
+        per_engine = settings.tensor_parallel_size
+        if len(args.devices) % per_engine:
+            named, count = ",".join(args.devices), len(args.devices)
+            log.error("--gpus %s: %d devices, not a multiple of TENSOR_PARALLEL_SIZE %d", named, count, per_engine)
+            return 2
+        visible = ",".join(args.devices)
+        args.gpus = len(args.devices) // per_engine
+    elif args.gpus is None:
         args.gpus = max(1, visible_gpus(visible) // settings.tensor_parallel_size)
     groups = device_groups(args.gpus, settings.tensor_parallel_size, visible)
     targets = [args.output] if args.gpus == 1 else [shard_path(args.output, i, args.gpus) for i in range(args.gpus)]
     tails = [Tail(path) for path in targets]
     logs = [args.output.with_name(f"{args.output.name}.worker-{i}.log") for i in range(args.gpus)]
     children = [start_shard(args, i, group, logs[i], lock) for i, group in enumerate(groups)]
-    where = f" on CUDA_VISIBLE_DEVICES {', '.join(groups)}" if args.gpus > 1 else ""
+    where = f" on CUDA_VISIBLE_DEVICES {', '.join(groups)}" if args.gpus > 1 or args.devices else ""
     log.info("%d engine process(es) started%s; logs: %s", len(children), where, ", ".join(map(str, logs)))
 
     interrupted = False
@@ -198,6 +207,8 @@ def start_shard(
         args.video_field,
         "--defaults",
         json.dumps(args.defaults),
+        "--extra-fields",
+        args.extra_fields,
         "--fsync-seconds",
         str(args.fsync_seconds),
         "--worker-shard",
@@ -207,10 +218,12 @@ def start_shard(
     ]
     if args.concurrency is not None:
         argv += ["--concurrency", str(args.concurrency)]
+    if args.raw:
+        argv.append("--raw")
     for root in args.media_root:
         argv += ["--media-root", str(root)]
     env = dict(os.environ)
-    if args.gpus > 1:
+    if devices:  # one engine without a device list: the environment's own value (or none)
         env["CUDA_VISIBLE_DEVICES"] = devices
     with log_path.open("ab") as out:
         # Own process group: the supervisor can stop the engine's helper processes with it when a worker

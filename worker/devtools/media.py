@@ -61,9 +61,11 @@ def make_video(
         stream.width, stream.height = width, height
         # 4:2:0 chroma needs even sides; odd-sized test videos use 4:4:4.
         stream.pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
-        # 1 ms ticks let VFR frames land between nominal instants.
-        stream.time_base = Fraction(1, 1000)
-        stream.codec_context.time_base = Fraction(1, 1000)
+        # 1 ms ticks let VFR frames land between nominal instants. AVI stores no timestamps, only a frame
+        # rate: its ticks are the frames (1 ms ticks would make it a 1000 fps file with most frames missing).
+        tick = Fraction(1, fps) if path.suffix.lower() == ".avi" else Fraction(1, 1000)
+        stream.time_base = tick
+        stream.codec_context.time_base = tick
         if gop:
             stream.codec_context.gop_size = gop
         if encoder_options:
@@ -84,8 +86,8 @@ def make_video(
                 img = np.clip(moved + frame_level(i, count), 0, 255).astype(np.uint8)
             img[: min(MARKER, height), : min(MARKER, width)] = 255
             frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-            frame.pts = round(pts * 1000)
-            frame.time_base = Fraction(1, 1000)
+            frame.pts = round(pts / tick)
+            frame.time_base = tick
             container.mux(stream.encode(frame))
             step = 1.0 / fps
             pts += step * (0.5 if i % 2 == 0 else 1.5) if vfr else step

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,8 +27,19 @@ Progress = Callable[[dict[str, Any]], None]
 
 
 @dataclass
+class Tally:
+    """What a job has planned and finished so far, for its progress updates (shared by its items)."""
+
+    num_items: int = 1
+    items_done: int = 0
+    chunks_planned: int = 0
+    chunks_done: int = 0
+
+
+@dataclass
 class JobContext:
-    """One job's request, what it runs on, and where it reports what it finishes."""
+    """One job's request, what it runs on, and where it reports what it finishes. A batch item runs with
+    its own view (``for_item``): its request, the job's everything else."""
 
     request: CaptionRequest
     job_id: str
@@ -38,19 +50,22 @@ class JobContext:
     progress: Progress
     # Taken by each engine request from being decoded for until it is done; bounds the frames in memory.
     slots: asyncio.Semaphore
-    num_items: int = 1
-    items_done: int = 0
-    chunks_planned: int = 0
-    chunks_done: int = 0
+    tally: Tally = field(default_factory=Tally)
+
+    def for_item(self, request: CaptionRequest) -> JobContext:
+        """This job as one of its batch items sees it: ``request`` (CaptionRequest.for_item), the same
+        engine, slots, stream and tally."""
+        return dataclasses.replace(self, request=request)
 
     def report(self) -> None:
-        if self.num_items == 1 and self.chunks_planned <= 1:
+        tally = self.tally
+        if tally.num_items == 1 and tally.chunks_planned <= 1:
             return  # one request: nothing to report on the way
         update = {
-            "items_done": self.items_done,
-            "num_items": self.num_items,
-            "chunks_done": self.chunks_done,
-            "num_chunks": self.chunks_planned,
+            "items_done": tally.items_done,
+            "num_items": tally.num_items,
+            "chunks_done": tally.chunks_done,
+            "num_chunks": tally.chunks_planned,
         }
         try:
             self.progress(update)

@@ -14,10 +14,13 @@ from worker.job.context import JobContext
 
 
 def sampling_params(request: CaptionRequest) -> dict[str, Any]:
-    """The request's sampling parameters as the engine takes them (those left unset are the model's)."""
+    """The request's sampling parameters as the engine takes them (those left unset are the model's).
+    ``top_p`` 0 (the video-SALMONN 2 guide's range starts there) keeps only the likeliest token: greedy
+    decoding, which vLLM spells temperature 0 (its top_p must be above 0)."""
+    greedy = request.top_p == 0.0
     params: dict[str, Any] = {
-        "temperature": request.temperature,
-        "top_p": request.top_p,
+        "temperature": 0.0 if greedy else request.temperature,
+        "top_p": 1.0 if greedy else request.top_p,
         "max_tokens": request.max_tokens,
         "stop": request.stop_list,
     }

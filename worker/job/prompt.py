@@ -48,7 +48,11 @@ def text_reserve(request: CaptionRequest, engine: Engine, minimum: int, chunk: C
 
 
 def video_sampling(request: CaptionRequest) -> Sampling:
-    """What the request asks to sample from each video."""
+    """What the request asks to sample from each video. Mode "auto" samples at ``fps`` but never below
+    ``min_fps``, and leaves chunking to the planner, which knows the video's length."""
+    if request.mode == "auto":
+        floor = request.auto_min_fps
+        return Sampling(max(request.fps, floor), request.max_frames, None, request.process_audio, min_fps=floor)
     chunk_seconds = request.chunk_length if request.mode == "chunked" else None
     return Sampling(request.fps, request.max_frames, chunk_seconds, request.process_audio)
 

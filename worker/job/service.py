@@ -1,7 +1,8 @@
 """One job, start to finish: validated request -> local media -> decoded frames/audio -> engine -> result.
 
 A job brings one medium or several (``videos``/``images``), each item captioned by worker/job/video.py or
-image.py, all of them at once so vLLM batches their requests. Blocking steps run off the event loop so it
+image.py, all of them at once so vLLM batches their requests; or an earlier job's captions as ``context``,
+answered by worker/job/followup.py without media. Blocking steps run off the event loop so it
 keeps feeding the engine meanwhile: probing and decoding videos in decoder processes
 (worker/media/pool.py: in threads they contend for the GIL under load), fetching, images and tokenizing
 in threads (httpx and Pillow release the GIL while they work).
@@ -16,6 +17,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+from worker.api.commentary_result import CommentaryResult
 from worker.api.control_tokens import refuse_control_tokens
 from worker.api.errors import WorkerError
 from worker.api.schema import MediaSource, parse_request
@@ -23,7 +25,9 @@ from worker.api.result import BatchMetadata, BatchResult, CaptionResult
 from worker.api.wire import JobOutput, error_payload
 from worker.config import Settings
 from worker.engine import Engine, EngineSlot
+from worker.job.commentary import comment_video
 from worker.job.context import JobContext, Progress, gather_all, no_progress
+from worker.job.followup import answer_from_context
 from worker.job.image import caption_image
 from worker.job.video import caption_video
 from worker.media.pool import DecodePool
@@ -46,21 +50,29 @@ class CaptionService:
         """The body of the job's complete output (the last part ``run`` yields). Never raises."""
         return (await self.complete(job_input, job_id)).body
 
-    async def complete(self, job_input: Any, job_id: str | None = None) -> JobOutput:
+    async def complete(
+        self, job_input: Any, job_id: str | None = None, progress: Progress | None = None, *, streaming: bool = True
+    ) -> JobOutput:
         """The job's complete output (the last part ``run`` yields). Never raises."""
         output = JobOutput({})
-        async for part in self.run(job_input, job_id):
+        async for part in self.run(job_input, job_id, progress, streaming=streaming):
             output = part
         return output
 
     async def run(
-        self, job_input: Any, job_id: str | None = None, progress: Progress | None = None
+        self,
+        job_input: Any,
+        job_id: str | None = None,
+        progress: Progress | None = None,
+        *,
+        streaming: bool = True,
     ) -> AsyncIterator[JobOutput]:
         """The job's output parts. With ``stream`` true, one part per finished segment
         (``{"segment": {...}, "num_chunks": n}``) and, in a batch, per finished item
         (``{"item": i, "result": {...}}``), as they complete; always, last, the complete output: a result
         or ``{"error": {...}}``, the only part that may ask for a new worker (``refresh_worker``). Never
-        raises; closing the iterator cancels the job's work."""
+        raises; closing the iterator cancels the job's work. ``streaming`` False: the caller cannot stream
+        (ENABLE_STREAMING), so a job asking to is refused."""
         job_id = job_id or uuid.uuid4().hex
         started = time.perf_counter()
         try:
@@ -68,6 +80,7 @@ class CaptionService:
                 job_input,
                 max_frames_limit=self.settings.max_frames_limit,
                 max_batch_items=self.settings.max_batch_items,
+                streaming=streaming,
             )
         except WorkerError as exc:
             yield self._failure(exc, job_id)
@@ -81,7 +94,7 @@ class CaptionService:
             self.decoder,
             emit=(lambda part: parts.put_nowait((False, JobOutput(part)))) if request.stream else None,
             progress=progress or no_progress,
-            slots=self._fan_out if request.is_batch or request.mode == "chunked" else asyncio.Semaphore(1),
+            slots=self._fan_out if request.is_batch or request.mode != "single" else asyncio.Semaphore(1),
         )
 
         async def produce() -> None:
@@ -106,6 +119,9 @@ class CaptionService:
                 await asyncio.to_thread(engine.check_json_schema, schema)
             if job.request.is_batch:
                 return await self._batch(job, engine, started)
+            if job.request.context is not None:
+                answer = await answer_from_context(job, engine, started)
+                return JobOutput(answer.to_output(structured=schema is not None))
             result = await self._item(job, engine, job.request.source, None, started)
             return JobOutput(result.to_output(structured=schema is not None))
         except WorkerError as exc:
@@ -122,12 +138,13 @@ class CaptionService:
     async def _batch(self, job: JobContext, engine: Engine, started: float) -> JobOutput:
         """Every item at once, each with its own result or error, in input order."""
         sources = job.request.sources
-        job.num_items = len(sources)
+        job.tally.num_items = len(sources)
         structured = job.request.json_schema is not None
 
-        async def one(index: int, source: MediaSource) -> tuple[JobOutput, CaptionResult | None]:
+        async def one(index: int, source: MediaSource) -> tuple[JobOutput, CaptionResult | CommentaryResult | None]:
             try:
-                result = await self._item(job, engine, source, index, time.perf_counter())
+                item_job = job.for_item(job.request.for_item(index))  # the item's own prompt and sampling
+                result = await self._item(item_job, engine, source, index, time.perf_counter())
                 output = JobOutput(result.to_output(structured=structured))
             except WorkerError as exc:
                 # An item whose engine could not be rebuilt asks for a new worker on behalf of the job.
@@ -136,7 +153,7 @@ class CaptionService:
                 # One item's bug must not take the others' results with it.
                 log.exception("job %s item %d failed unexpectedly", job.job_id, index)
                 result, output = None, JobOutput(error_payload(exc, debug=self.settings.debug))
-            job.items_done += 1
+            job.tally.items_done += 1
             if job.emit is not None:
                 job.emit({"item": index, "result": output.body})
             job.report()
@@ -159,7 +176,9 @@ class CaptionService:
 
     async def _item(
         self, job: JobContext, engine: Engine, source: MediaSource, item: int | None, started: float
-    ) -> CaptionResult:
+    ) -> CaptionResult | CommentaryResult:
         if source.media_type == "image":
             return await caption_image(job, engine, source, started)
+        if job.request.mode == "commentary":
+            return await comment_video(job, engine, source, item, started)
         return await caption_video(job, engine, source, item, started)

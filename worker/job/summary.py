@@ -1,6 +1,7 @@
 """A chunked job's one caption from its segments: joined as a timeline, or summarised by text-only engine
-requests, in several rounds when the segment captions do not fit one request together. The words and the
-grouping are worker/job/combine.py's; here are the token counts and the requests.
+requests, in several rounds when the segment captions do not fit one request together; a context job's
+answer is the same requests over an earlier job's segments. The words and the grouping are
+worker/job/combine.py's; here are the token counts and the requests.
 """
 
 from __future__ import annotations
@@ -37,8 +38,27 @@ async def combine(
             method="concat", requests=0, prompt_tokens=0, completion_tokens=0, finish_reason=None, seconds=0.0
         )
         return timeline(parts), structured, info, []
+    generations = await answer(job, engine, parts)
+    final = generations[-1]
+    if final.finish_reason == "length":
+        warnings.append(f"summary cut at max_tokens={request.max_tokens}")
+    structured = parse_structured(request, final, warnings, "the summary")
+    info = CombineInfo(
+        method="summary",
+        requests=len(generations),
+        prompt_tokens=sum(g.prompt_tokens for g in generations),
+        completion_tokens=sum(g.completion_tokens for g in generations),
+        finish_reason=final.finish_reason,
+        seconds=since(started),
+    )
+    return final.text, structured, info, generations
+
+
+async def answer(job: JobContext, engine: Engine, parts: list[TimedText]) -> list[Generation]:
+    """The text-only requests that answer the job's request (or question) from timestamped ``parts``; the
+    last one's generation is the answer, following the job's json_schema."""
     generations: list[Generation] = []
-    budget = await asyncio.to_thread(summary_budget, engine, request)
+    budget = await asyncio.to_thread(summary_budget, engine, job.request)
     while True:
         costs = await asyncio.to_thread(line_costs, engine, parts)
         if sum(costs) <= budget:
@@ -54,20 +74,8 @@ async def combine(
         )
         generations += round_generations
         parts = [merged([parts[i] for i in group], g.text) for group, g in zip(groups, round_generations)]
-    final = await summarise(job, engine, parts, request.json_schema)
-    generations.append(final)
-    if final.finish_reason == "length":
-        warnings.append(f"summary cut at max_tokens={request.max_tokens}")
-    structured = parse_structured(request, final, warnings, "the summary")
-    info = CombineInfo(
-        method="summary",
-        requests=len(generations),
-        prompt_tokens=sum(g.prompt_tokens for g in generations),
-        completion_tokens=sum(g.completion_tokens for g in generations),
-        finish_reason=final.finish_reason,
-        seconds=since(started),
-    )
-    return final.text, structured, info, generations
+    generations.append(await summarise(job, engine, parts, job.request.json_schema))
+    return generations
 
 
 async def summarise(

@@ -29,7 +29,6 @@ async def caption_video(
     """``source``'s caption (and segments, chunked); ``item``: its place in a batch, None alone."""
     request = job.request
     settings = job.settings
-    chunked = request.mode == "chunked"
     tasks: list[asyncio.Task[ChunkCaption]] = []
     decode_seconds = 0.0
     first_submit = 0.0
@@ -49,7 +48,9 @@ async def caption_video(
             )
             decode_seconds += time.perf_counter() - t1
             info = plan.probe
-            job.chunks_planned += len(plan.chunks)
+            # Mode "auto" chunks only a video too long for one request at min_fps; the plan says which.
+            chunked = plan.chunk_seconds is not None
+            job.tally.chunks_planned += len(plan.chunks)
             for chunk in plan.chunks:
                 # Taken before decoding: frames wait in memory only for a free engine slot.
                 await job.slots.acquire()
@@ -75,7 +76,7 @@ async def caption_video(
                     )
                     if not tasks:
                         first_submit = time.perf_counter()
-                    call = _caption_chunk(job, inputs, chunk, decoded, len(plan.chunks), item)
+                    call = _caption_chunk(job, inputs, chunk, decoded, len(plan.chunks), item, chunked)
                     task = asyncio.create_task(call)
                 except BaseException:
                     job.slots.release()
@@ -115,8 +116,8 @@ async def caption_video(
         metadata=metadata(
             engine,
             media_type="video",
-            mode=request.mode,
-            chunk_seconds=request.chunk_length if chunked else None,
+            mode="chunked" if chunked else "single",
+            chunk_seconds=plan.chunk_seconds,
             combine=combined,
             num_frames=len(timestamps),
             fps_used=round(len(timestamps) / info.duration if chunked else captions[0].plan.fps_used, 6),
@@ -140,6 +141,7 @@ async def _caption_chunk(
     decoded: ChunkMedia,
     num_chunks: int,
     item: int | None,
+    chunked: bool,
 ) -> ChunkCaption:
     """One chunk's engine request, then its segment streamed (chunked mode) and the progress reported."""
     started = time.perf_counter()
@@ -153,8 +155,8 @@ async def _caption_chunk(
         generation,
         since(started),
     )
-    job.chunks_done += 1
-    if job.emit is not None and job.request.mode == "chunked":
+    job.tally.chunks_done += 1
+    if job.emit is not None and chunked:
         part: dict[str, Any] = {
             "segment": segment(caption, job.request, []).model_dump(
                 mode="json", exclude=None if job.request.json_schema is not None else {"structured"}

@@ -164,6 +164,19 @@ def chunk_bounds(duration: float, chunk_seconds: float, *, min_last: float = 0.0
     return [(start, end) for start, end in zip(starts, [*starts[1:], round(duration, 6)], strict=True)]
 
 
+def auto_chunk_seconds(duration: float, max_frames: int, min_fps: float) -> float | None:
+    """Mode "auto" (Tarsier2's rule): None, one pass over the whole video, when ``max_frames`` frames see
+    all of it at ``min_fps`` or more (``duration * min_fps <= max_frames``); else the chunk length that
+    keeps ``min_fps``: ``max_frames / min_fps`` seconds (180 s at 128 frames and 2 fps: 3 chunks of 64 s)."""
+    if duration <= 0 or not math.isfinite(duration):
+        raise ValueError(f"duration must be positive and finite, got {duration}")
+    if max_frames < 1 or min_fps <= 0 or not math.isfinite(min_fps):
+        raise ValueError("max_frames and min_fps must be positive")
+    if duration * min_fps <= max_frames + _CHUNK_EPSILON:
+        return None
+    return max_frames / min_fps
+
+
 @dataclass(frozen=True)
 class ChunkPlan:
     index: int
@@ -205,6 +218,7 @@ class Sampling:
     max_frames: int  # per request: per chunk in chunked mode
     chunk_seconds: float | None  # None: the whole video in one request ("single" mode)
     process_audio: bool
+    min_fps: float | None = None  # mode "auto": chunks only when one request would see less (auto_chunk_seconds)
 
 
 @dataclass(frozen=True)
@@ -239,6 +253,7 @@ class FramePlan:
     windows: list[tuple[float, float] | None]
     size: tuple[int, int]  # (height, width)
     warnings: list[str]
+    chunk_seconds: float | None = None  # the chunks' length; None: one pass over the whole video
 
 
 def visual_token_budget(limits: ModelLimits, reserve: int, *, groups: int = 0, audio_tokens: int = 0) -> int:
@@ -317,13 +332,16 @@ def plan_video_frames(
 ) -> FramePlan:
     """The chunks of a video of ``duration`` seconds and ``height`` x ``width`` (as displayed), the sound
     for each and the frame size that fits them all."""
-    if sampling.chunk_seconds is not None:
+    chunk_seconds = sampling.chunk_seconds
+    if sampling.min_fps is not None:
+        chunk_seconds = auto_chunk_seconds(duration, sampling.max_frames, sampling.min_fps)
+    if chunk_seconds is not None:
         chunks = plan_chunks(
             duration,
             native_fps,
             sampling.fps,
             sampling.max_frames,
-            sampling.chunk_seconds,
+            chunk_seconds,
             frame_multiple=limits.frame_multiple,
         )
     else:
@@ -338,9 +356,9 @@ def plan_video_frames(
         windows.append(window)
         warnings += said
     # The last chunk's prompt states the largest times ("Time 3580.0–3600.0 s"): it has the most words.
-    reserve = limits.text_reserve(chunks[-1] if sampling.chunk_seconds is not None else None)
+    reserve = limits.text_reserve(chunks[-1] if chunk_seconds is not None else None)
     size = fit_video_frames(height, width, chunks, windows, reserve, limits)
-    return FramePlan(chunks, windows, size, list(dict.fromkeys(warnings)))
+    return FramePlan(chunks, windows, size, list(dict.fromkeys(warnings)), chunk_seconds)
 
 
 def fit_image_size(height: int, width: int, limits: ModelLimits) -> tuple[int, int]:

@@ -33,6 +33,7 @@ class VideoPlan:
     warnings: list[str]
     index: PacketIndex  # the video's packets, read once for all chunks
     max_pixels: int  # MAX_SOURCE_PIXELS
+    chunk_seconds: float | None = None  # the chunks' length; None: one pass over the whole video
 
 
 @dataclass(frozen=True)
@@ -53,19 +54,9 @@ async def plan_video(
 ) -> VideoPlan:
     """Probe the video, check its duration against ``max_video_seconds`` (MAX_VIDEO_SECONDS), plan its
     chunks, their sound and the frame size, and read its packet index."""
-    info = await pool.run(probe, path, max_pixels=max_source_pixels)
-    warnings: list[str] = []
-    if info.duration > max_video_seconds:
-        # Headers can claim anything (a damaged or hostile file says 285,000 years): the packets decide.
-        end = await pool.run(measured_end, path, info, max_pixels=max_source_pixels)
-        if end > max_video_seconds:
-            raise UnsupportedInputError(
-                f"the video is {end:.0f} s long, above MAX_VIDEO_SECONDS={max_video_seconds:g} of this deployment"
-            )
-        if end <= 0:
-            raise DecodeError("the video stream has no timed packets")
-        warnings.append(f"the file declares {info.duration:.0f} s but its frames end at {end:.1f} s; used that")
-        info = dataclasses.replace(info, duration=end)
+    info, warnings = await probe_video(
+        pool, path, max_source_pixels=max_source_pixels, max_video_seconds=max_video_seconds
+    )
     # A thread: the limits' text reserve tokenizes the prompt.
     plan = await asyncio.to_thread(
         plan_video_frames, info.duration, info.fps, info.height, info.width, info.has_audio, sampling, limits
@@ -80,7 +71,34 @@ async def plan_video(
         list(dict.fromkeys(warnings + plan.warnings)),
         index,
         max_source_pixels,
+        plan.chunk_seconds,
     )
+
+
+async def probe_video(
+    pool: DecodePool, path: Path, *, max_source_pixels: int, max_video_seconds: float
+) -> tuple[Probe, list[str]]:
+    """The video's probe, its duration checked against ``max_video_seconds`` (MAX_VIDEO_SECONDS), and
+    warnings about what was found."""
+    info = await pool.run(probe, path, max_pixels=max_source_pixels)
+    warnings: list[str] = []
+    if info.duration > max_video_seconds:
+        # Headers can claim anything (a damaged or hostile file says 285,000 years): the packets decide.
+        end = await pool.run(measured_end, path, info, max_pixels=max_source_pixels)
+        if end > max_video_seconds:
+            raise UnsupportedInputError(
+                f"the video is {end:.0f} s long, above MAX_VIDEO_SECONDS={max_video_seconds:g} of this deployment"
+            )
+        if end <= 0:
+            raise DecodeError("the video stream has no timed packets")
+        warnings.append(f"the file declares {info.duration:.0f} s but its frames end at {end:.1f} s; used that")
+        info = dataclasses.replace(info, duration=end)
+    return info, warnings
+
+
+async def read_index(pool: DecodePool, path: Path, info: Probe, *, max_source_pixels: int) -> PacketIndex:
+    """The video's packet index (every frame's time), read once for all the decodes of one video."""
+    return await pool.run(packet_index, path, info, max_pixels=max_source_pixels)
 
 
 async def decode(pool: DecodePool, plan: VideoPlan, chunk: ChunkPlan) -> ChunkMedia:

@@ -45,6 +45,9 @@ class ModelAdapter(ABC):
     audio_covers_span: ClassVar[bool] = False
     # The family's own caption prompt for a video job that brings none (None: the worker's default).
     default_video_prompt: ClassVar[str | None] = None
+    # Mode "commentary" (LiveCC's protocol, docs/commentary.md): the most clips one prompt may hold, which
+    # the engine is started to accept; 0: the family does not do commentary.
+    commentary_clips: ClassVar[int] = 0
 
     def engine_kwargs(self, limits: MediaLimits) -> dict[str, Any]:
         """Extra vLLM engine arguments this family needs. vLLM profiles memory with the largest media a
@@ -95,3 +98,15 @@ class ModelAdapter(ABC):
     @abstractmethod
     def image_inputs(self, prompt: str, image: np.ndarray) -> dict[str, Any]:
         """A vLLM prompt dict for one RGB image (height, width, 3) already at the planned size."""
+
+    def commentary_turn(self, tokenizer: Any, label: str, video: bool, query: str | None, first: bool) -> str:
+        """One user turn of a commentary as text, ready for the answer: ``label`` (``Time=...``), the clip's
+        placeholder when ``video``, then ``query`` if given. ``first``: the conversation's opening (with
+        the template's system turn); otherwise it continues the previous answer, closing it first."""
+        raise NotImplementedError(f"{self.family} does not do commentary")
+
+    def commentary_clip(
+        self, frames: DecodedFrames, probe: Probe, span: tuple[float, float]
+    ) -> tuple[Any, dict[str, Any]]:
+        """One turn's clip as a vLLM video item, and the processor arguments (the same for every clip)."""
+        raise NotImplementedError(f"{self.family} does not do commentary")

@@ -17,6 +17,10 @@ from worker.api.schema import ChatMessage, MediaType
 # Frames and images already have the planned size (multiples of the patch factor); resizing again would
 # only cost time and could change the token count the planner budgeted.
 NO_RESIZE: dict[str, Any] = {"do_resize": False}
+# Where the chat template's user turn begins and how a turn ends: a commentary turn after the first
+# continues the conversation from the previous answer (seed 004's '<|im_end|>\n' + texts[system_prompt_offset:]).
+USER_TURN = "<|im_start|>user"
+END_OF_TURN = "<|im_end|>\n"
 
 
 def video_metadata(frames: DecodedFrames, probe: Probe, span: tuple[float, float] | None = None) -> dict[str, Any]:
@@ -96,3 +100,22 @@ class QwenAdapter(ModelAdapter):
 
     def image_inputs(self, prompt: str, image: np.ndarray) -> dict[str, Any]:
         return {"prompt": prompt, "multi_modal_data": {"image": image}, "mm_processor_kwargs": dict(NO_RESIZE)}
+
+    def commentary_turn(self, tokenizer: Any, label: str, video: bool, query: str | None, first: bool) -> str:
+        content: list[dict[str, str]] = [{"type": "text", "text": label}]
+        if video:
+            content.append({"type": "video"})
+        if query is not None:
+            content.append({"type": "text", "text": query})
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+        )
+        return text if first else END_OF_TURN + text[text.index(USER_TURN) :]
+
+    def commentary_clip(
+        self, frames: DecodedFrames, probe: Probe, span: tuple[float, float]
+    ) -> tuple[Any, dict[str, Any]]:
+        metadata = video_metadata(frames, probe, span)
+        fps_used = len(frames.timestamps) / max(span[1] - span[0], 1e-6)
+        item = (frames.frames, self.video_item_metadata(metadata, fps_used, None))
+        return item, NO_RESIZE | self.video_processor_kwargs(metadata, fps_used)
