@@ -329,8 +329,9 @@ def test_audio_models_hear_each_chunk_over_its_own_span(
         # The chunk's frames stand for its whole span; its sound covers the same span, nothing more.
         assert len(samples) / rate == pytest.approx(segment["end"] - segment["start"], abs=0.05)
         assert segment["audio_seconds"] == pytest.approx(len(samples) / rate)
-        assert "<|AUDIO|>" in request.prompt  # the sound's own item, after the frames
         kwargs = request.inputs["mm_processor_kwargs"]
+        # Heard inside the video's placeholder, interleaved with the frames (use_audio_in_video), not after them.
+        assert "<|AUDIO|>" not in request.prompt and kwargs["use_audio_in_video"] is True
         assert kwargs["fps"] == pytest.approx(segment["num_frames"] / (segment["end"] - segment["start"]))
     meta = out["metadata"]
     assert meta["audio_processed"] is True and meta["audio_seconds"] == pytest.approx(90.0, abs=0.1)
