@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from worker.config import Settings
-from worker.devtools.parity.compare import table
+from worker.devtools.parity.compare import json_default, table
 from worker.devtools.parity.harness import Case, run_parity
 
 
@@ -34,20 +34,8 @@ def main(argv: list[str]) -> int:
     text = table(reports)
     logging.getLogger(__name__).info("parity:\n%s", text)
     payload = {"reports": [r.to_json() for r in reports], "table": text}
-    out_path.write_text(json.dumps(payload, default=_plain))
+    out_path.write_text(json.dumps(payload, default=json_default))
     return 0
-
-
-def _plain(value: object) -> object:
-    import numpy as np
-
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.integer | np.floating):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON: {type(value).__name__}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -246,12 +247,15 @@ def _mark(value: bool | None) -> str:
 
 def result_line(reports: list[CaseReport], **extra: Any) -> str:
     payload = {"parity": [r.to_json() for r in reports], "all_equal": all(r.equal for r in reports), **extra}
-    return "RESULT " + json.dumps(payload, default=_json_default)
+    return "RESULT " + json.dumps(payload, default=json_default)
 
 
-def _json_default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
+    """``json.dumps(default=...)`` for parity records: numpy arrays and scalars, paths."""
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, np.integer | np.floating):
         return value.item()
+    if isinstance(value, Path):
+        return str(value)
     raise TypeError(f"not JSON: {type(value).__name__}")

@@ -28,7 +28,7 @@ import PIL.Image
 import torch
 
 from worker.config import Settings
-from worker.devtools.parity.compare import table
+from worker.devtools.parity.compare import json_default, table
 from worker.devtools.parity.harness import Case, check_case
 from worker.devtools.parity.records import WorkerRun
 from worker.devtools.parity.salmonn import FAMILY, PublishedSalmonnReference, SalmonnReference, write_weights
@@ -164,16 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": result["seconds"],
         "table": text,
     }
-    args.out.write_text(json.dumps(payload, default=_plain))
+    args.out.write_text(json.dumps(payload, default=json_default))
     return 0
-
-
-def _plain(value: object) -> object:
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.integer | np.floating):
-        return value.item()
-    raise TypeError(f"not JSON: {type(value).__name__}")
 
 
 if __name__ == "__main__":
