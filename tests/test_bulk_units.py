@@ -322,3 +322,22 @@ def test_a_second_run_on_the_same_output_is_refused(tmp_path: Path) -> None:
         )
     assert run.returncode == 2 and "another bulk run is writing" in run.stderr, run.stderr
     assert not output.exists()
+
+
+def test_a_local_run_names_unknown_settings_before_it_starts(tmp_path: Path) -> None:
+    import fcntl
+    import os
+    import subprocess
+    import sys
+
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"id": "a", "video": "/tmp/a.mp4"}) + "\n")
+    output = tmp_path / "out.jsonl"
+    env = os.environ | {"MAX_FRAME_LIMIT": "64"}  # MAX_FRAMES_LIMIT misspelt
+    with (tmp_path / "out.jsonl.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # refused right after the settings check: no engine starts
+        command = [sys.executable, "-m", "worker.bulk", "--input", str(manifest), "--output", str(output)]
+        run = subprocess.run(command, check=False, capture_output=True, text=True, timeout=120, env=env)
+    assert run.returncode == 2, run.stderr
+    assert "MAX_FRAME_LIMIT is not a setting of this worker" in run.stderr, run.stderr
+    assert "did you mean MAX_FRAMES_LIMIT?" in run.stderr, run.stderr

@@ -136,6 +136,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_shard(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s bulk: %(message)s")
+    if not args.endpoint:  # a local run's engines read the settings: a misspelt one is named before they start
+        from worker.config import warn_unknown_settings
+
+        warn_unknown_settings(os.environ)
     with only_run_on(args.output) as lock:
         if lock is None:
             log.error("another bulk run is writing %s; wait for it or stop it", args.output)
