@@ -3,7 +3,8 @@ loops: a tiny Qwen2-VL folder with seeded float32 weights; the worker's jobs thr
 process of its own (worker/devtools/parity/commentary.py records every engine request); seed 004's
 ``live_cc`` and ``video_qa`` ported to transformers (tests/commentary_reference.py) on the frames the
 worker sent. The commentary ids of the first 5 turns must be equal; streaming, progress, batches, context
-windows and the prefix cache are checked on the same run. One engine for the module."""
+windows and the prefix cache are checked on the same run, and a live HLS stream (tests/hls_server.py) is
+commented as it plays. One engine for the module."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import pytest
 
 from tests.commentary_reference import LiveCCReference, Turn
 from tests.conftest import KV_CACHE_GIB
+from tests.hls_server import HlsServer, base_url, make_segments, serving
 from worker.devtools.dummy_model import build_dummy_model
 from worker.devtools.parity.weights import write_seeded_weights
 
@@ -34,7 +36,16 @@ QA_TOKENS = 12
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory, video: Callable[..., Path], media_dir: Path) -> dict[str, Any]:
+def hls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HlsServer]:
+    """A live HLS playlist of 10 one-second segments that grows by one every 0.5 s from the first request."""
+    with serving(make_segments(tmp_path_factory.mktemp("hls"), 10), interval=0.5) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def run(
+    tmp_path_factory: pytest.TempPathFactory, video: Callable[..., Path], media_dir: Path, hls: HlsServer
+) -> dict[str, Any]:
     """The worker's run of every job: {job name: {parts, progress, requests}}, plus the folder and out dir."""
     work = tmp_path_factory.mktemp("commentary")
     folder = build_dummy_model(work / "model", "qwen2_vl", "tiny")
@@ -61,6 +72,7 @@ def run(tmp_path_factory: pytest.TempPathFactory, video: Callable[..., Path], me
                 {"role": "user", "content": Q2},
             ]
         },
+        "hls": {"video": f"{base_url(hls)}/live-stall.m3u8", "mode": "commentary", "stream": True, "max_seconds": 6},
     }
     spec = {
         "settings": {
@@ -74,6 +86,7 @@ def run(tmp_path_factory: pytest.TempPathFactory, video: Callable[..., Path], me
             "work_dir": str(work / "jobs"),
             "compile_cache_dir": None,
             "decode_workers": 0,
+            "allow_private_urls": True,  # the HLS server is on 127.0.0.1
         },
         "jobs": jobs,
     }
@@ -87,7 +100,7 @@ def run(tmp_path_factory: pytest.TempPathFactory, video: Callable[..., Path], me
         )  # fmt: skip
     assert done.returncode == 0, (work / "worker.log").read_text()[-6000:]
     results: dict[str, Any] = json.loads((out / "out.json").read_text())
-    return {"folder": folder, "out": out, "jobs": results}
+    return {"folder": folder, "out": out, "jobs": results, "hls_segments": hls.segment_requests()}
 
 
 def final(run: dict[str, Any], name: str) -> dict[str, Any]:
@@ -273,3 +286,20 @@ def test_video_qa_follows_the_seed(run: dict[str, Any]) -> None:
     answer = tokenizer.encode(final(run, "qa1")["caption"], add_special_tokens=False)
     follow_up = tokenizer.encode(reference.follow_up_text(Q2), add_special_tokens=False)
     assert second["prompt_token_ids"] == one.prompt_ids + answer + follow_up
+
+
+def test_a_live_hls_stream_is_commented_as_it_plays(run: dict[str, Any]) -> None:
+    """Issue 19 item 3 end to end: a live HLS playlist that grows while the job runs, read up to
+    max_seconds; its turns are LiveCC's, stream as they are answered and cover the stream up to
+    max_seconds, each segment fetched once."""
+    parts = run["jobs"]["hls"]["parts"]
+    body = final(run, "hls")
+    turns = body["turns"]
+    assert [(t["start"], t["end"]) for t in turns] == [(0.0, 3.0), (3.0, 4.0), (4.0, 5.0), (5.0, 6.0)]
+    assert [p["turn"] for p in parts[:-1]] == turns
+    assert [t["num_frames"] for t in turns] == [6, 2, 2, 2] and turns[3]["frame_timestamps"] == [5.0, 5.5]
+    meta = body["metadata"]
+    assert meta["complete"] is True and meta["video"]["duration"] == 6.0 and meta["frame_size"] == [280, 280]
+    requests = run["jobs"]["hls"]["requests"]
+    assert [r["num_videos"] for r in requests] == [1, 2, 3, 4]  # one conversation, extended turn by turn
+    assert run["hls_segments"] == [f"/seg/{i}.ts" for i in range(6)]

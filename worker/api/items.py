@@ -35,12 +35,20 @@ Mode = Literal["single", "chunked", "auto"]
 # The options a batch item may set for itself; the job's own values are the defaults.
 ITEM_OPTIONS = ("prompt", "fps", "max_frames", "mode", "min_fps", "chunk_seconds")
 MAX_CONTEXT_SEGMENTS = 4096
+DEFAULT_MAX_VIDEO_SECONDS = 3 * 3600.0  # MAX_VIDEO_SECONDS' default (worker/config.py)
 
 
 def max_frames_limit(value: int | None, info: ValidationInfo) -> int | None:
     limit = (info.context or {}).get("max_frames_limit", 100)
     if value is not None and value > limit:
         raise ValueError(f"must be at most {limit} (MAX_FRAMES_LIMIT of this deployment)")
+    return value
+
+
+def max_seconds_limit(value: float | None, info: ValidationInfo) -> float | None:
+    limit = (info.context or {}).get("max_video_seconds", DEFAULT_MAX_VIDEO_SECONDS)
+    if value is not None and value > limit:
+        raise ValueError(f"must be at most {limit:g} (MAX_VIDEO_SECONDS of this deployment)")
     return value
 
 

@@ -23,6 +23,7 @@ from pydantic import (
 from worker.api.commentary_rules import COMMENTARY, commentary_problems
 from worker.api.errors import ValidationError
 from worker.api.items import (
+    DEFAULT_MAX_VIDEO_SECONDS,
     Context,
     ContextSegment,
     ImageEntry,
@@ -33,6 +34,7 @@ from worker.api.items import (
     context_timeline,
     entry_source,
     max_frames_limit,
+    max_seconds_limit,
 )
 from worker.api.media_fields import (
     BATCH_FIELDS,
@@ -122,12 +124,16 @@ class CaptionRequest(BaseModel):
     top_p: float = Field(0.9, ge=0.0, le=1.0, allow_inf_nan=False, description="0: greedy (temperature 0)")
     max_tokens: int = Field(512, ge=1, le=2048)
     process_audio: bool = False
+    max_seconds: float | None = Field(
+        None, gt=0.0, allow_inf_nan=False, description="HLS streams: seconds to read; at most MAX_VIDEO_SECONDS"
+    )
     top_k: int | None = Field(None, ge=1, le=1000)
     repetition_penalty: float | None = Field(None, gt=0.0, le=2.0, allow_inf_nan=False)
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     stop: StopStr | list[StopStr] | None = Field(None, max_length=16)
 
     _max_frames_limit = field_validator("max_frames")(max_frames_limit)
+    _max_seconds_limit = field_validator("max_seconds")(max_seconds_limit)
 
     @field_validator("videos", "images")
     @classmethod
@@ -198,7 +204,7 @@ class CaptionRequest(BaseModel):
         """A context job has no media: media options would be silently ignored, so they are errors."""
         problems = [
             f"{name} does not apply to a context job (it has no media)"
-            for name in ("chunk_seconds", "combine", "min_fps")
+            for name in ("chunk_seconds", "combine", "min_fps", "max_seconds")
             if getattr(self, name) is not None
         ]
         if self.mode != "single":
@@ -227,6 +233,8 @@ class CaptionRequest(BaseModel):
             problems.append('combine applies to modes "chunked" and "auto" only')
         if self.min_fps is not None and "auto" not in modes:
             problems.append('min_fps applies to mode "auto" only')
+        if self.max_seconds is not None and not any(s.kind == "url" and s.media_type == "video" for s in self.sources):
+            problems.append("max_seconds applies to HLS streams: a video URL (.m3u8, or a playlist by its content)")
         return problems
 
     @property
@@ -333,13 +341,20 @@ def _short(value: Any) -> Any:
 
 
 def parse_request(
-    raw: Any, *, max_frames_limit: int, max_batch_items: int = 32, streaming: bool = True
+    raw: Any,
+    *,
+    max_frames_limit: int,
+    max_batch_items: int = 32,
+    streaming: bool = True,
+    max_video_seconds: float = DEFAULT_MAX_VIDEO_SECONDS,
 ) -> CaptionRequest:
     """Validate ``job["input"]``; every problem is listed in one ``ValidationError``. ``streaming``: whether
-    this deployment can stream a job's parts (ENABLE_STREAMING); if not, ``stream: true`` is refused."""
+    this deployment can stream a job's parts (ENABLE_STREAMING); if not, ``stream: true`` is refused.
+    ``max_video_seconds``: MAX_VIDEO_SECONDS, the bound of ``max_seconds``."""
     if not isinstance(raw, dict):
         raise ValidationError(f"input must be a JSON object, got {type(raw).__name__}")
     context = {"max_frames_limit": max_frames_limit, "max_batch_items": max_batch_items}
+    context["max_video_seconds"] = max_video_seconds
     try:
         request = CaptionRequest.model_validate(raw, context=context)
     except pydantic.ValidationError as exc:

@@ -2,19 +2,24 @@
 docs/commentary.md). Frames at 2 fps, a first turn of 3 s then one per second, each turn's answer part of
 the conversation the next extends, as token ids (worker/job/commentary_context.py); vLLM's prefix cache
 makes each turn prefill only its new clip and words. Turns stream as they are answered; the video is
-decoded a block ahead of the engine. A failure after the first turn ends the commentary there, with the
-turns so far and a warning, instead of failing the job.
+decoded a block ahead of the engine. An HLS stream is commented as it plays: its segments are appended to
+one file as they arrive, and each turn runs once its frames are there (worker/media/hls_stream.py). A
+failure after the first turn ends the commentary there, with the turns so far and a warning, instead of
+failing the job.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from worker.api.commentary_result import CommentaryMetadata, CommentaryResult, CommentaryTurn
@@ -28,12 +33,13 @@ from worker.job.generate import sampling_params
 from worker.job.result import video_info
 from worker.media.frame_plan import ChunkPlan
 from worker.media.frames import DecodedFrames
-from worker.media.probe import Probe
-from worker.media.sources import fetch_media
+from worker.media.hls_stream import VideoFeed, open_video
+from worker.media.probe import PacketIndex, Probe
 from worker.media.turn_plan import (
     COMMENTARY_FPS,
     FRAMES_PER_TURN,
     INITIAL_FRAMES,
+    LIVECC_MAX_PIXELS,
     TurnPlan,
     clip_tokens,
     commentary_frame_size,
@@ -178,48 +184,97 @@ async def comment_video(
             f'mode "commentary" follows LiveCC, a Qwen2-VL model; {engine.model} ({adapter.family}) does not do it'
         )
     t0 = time.perf_counter()
+    want_pixels = min(LIVECC_MAX_PIXELS, engine.pixels.video.max_pixels)  # picks an HLS master's variant
     async with workspace(settings) as folder:
-        media = await asyncio.to_thread(fetch_media, source, folder, settings)
-        t1 = time.perf_counter()
-        pixels = settings.max_source_pixels
-        info, found = await probe_video(
-            job.decoder, media.path, max_source_pixels=pixels, max_video_seconds=settings.max_video_seconds
-        )
-        index = await read_index(job.decoder, media.path, info, max_source_pixels=pixels)
-        turns = plan_turns(index.times)
-        if not turns:
-            raise UnsupportedInputError("the video is too short for commentary: it needs 2 frames, 0.5 s apart")
-        size = commentary_frame_size(
-            info.height,
-            info.width,
-            min_pixels=engine.pixels.video.min_pixels,
-            max_pixels=engine.pixels.video.max_pixels,
-            geometry=adapter.geometry,
-        )
-        blocks = [turns[:1]] + [turns[i : i + DECODE_TURNS] for i in range(1, len(turns), DECODE_TURNS)]
-        chunks = [
-            ChunkPlan(i, block[0].start, block[-1].end, [t for turn in block for t in turn.timestamps], COMMENTARY_FPS)
-            for i, block in enumerate(blocks)
-        ]
-        plan = VideoPlan(media.path, info, chunks, [None] * len(chunks), size, found, index, pixels)
-        params = commentary_sampling(request)
-        salt = uuid.uuid4().hex  # the clips' ids in vLLM's caches: unique to this run
-        limits = (engine.max_model_len, params["max_tokens"], adapter.commentary_clips)
-        conversation = Conversation(adapter, engine.tokenizer, *limits, salt)
-        run = _Run(job, item, info, size, conversation, params, request.prompt or DEFAULT_QUERY, len(turns))
-        run.warnings += found
-        run.decode_seconds = time.perf_counter() - t1
-        async with contextlib.aclosing(_decoded_turns(job, plan, blocks, run)) as clips:
-            try:
-                async for turn, frames in clips:
-                    await run.turn(turn, frames)
-            except WorkerError as exc:
-                if not run.turns:
-                    raise  # nothing said yet: the job fails as any job would
-                # Never fail mid-video: what was said stands, and the warning says where and why it stopped.
-                run.warnings.append(f"{exc.message}; the commentary stops at {run.turns[-1].end:.1f} s")
-                run.complete = False
+        async with open_video(
+            source, folder, settings, max_seconds=request.max_seconds, want_pixels=want_pixels
+        ) as feed:
+            first = await feed.grow()  # the whole file, or a stream's first segments
+            t1 = time.perf_counter()
+            pixels = settings.max_source_pixels
+            info, found = await probe_video(
+                job.decoder, feed.path, max_source_pixels=pixels, max_video_seconds=settings.max_video_seconds
+            )
+            size = commentary_frame_size(
+                info.height,
+                info.width,
+                min_pixels=engine.pixels.video.min_pixels,
+                max_pixels=engine.pixels.video.max_pixels,
+                geometry=adapter.geometry,
+            )
+            params = commentary_sampling(request)
+            salt = uuid.uuid4().hex  # the clips' ids in vLLM's caches: unique to this run
+            limits = (engine.max_model_len, params["max_tokens"], adapter.commentary_clips)
+            conversation = Conversation(adapter, engine.tokenizer, *limits, salt)
+            run = _Run(job, item, info, size, conversation, params, request.prompt or DEFAULT_QUERY, 0)
+            run.warnings += found
+            run.decode_seconds = time.perf_counter() - t1
+            async with contextlib.aclosing(_clips(job, feed, first, run)) as clips:
+                try:
+                    async for turn, frames in clips:
+                        await run.turn(turn, frames)
+                except WorkerError as exc:
+                    if not run.turns:
+                        raise  # nothing said yet: the job fails as any job would
+                    # Never fail mid-video: what was said stands, and the warning says where and why it stopped.
+                    run.warnings.append(f"{exc.message}; the commentary stops at {run.turns[-1].end:.1f} s")
+                    run.complete = False
+        run.warnings += feed.warnings
     return _result(run, engine, started, fetch=t1 - t0)
+
+
+async def _clips(
+    job: JobContext, feed: VideoFeed, first: list[Path], run: _Run
+) -> AsyncIterator[tuple[TurnPlan, DecodedFrames]]:
+    """Each turn with its frames. A whole file is planned at once. A stream is planned again as segments
+    arrive (each indexed on its own, the index extended): a turn whose frames have all arrived is the same
+    turn the whole stream would give, so it is commented at once; the rest wait for the stream. Turns end
+    at the stream's ``max_seconds``."""
+    pixels = job.settings.max_source_pixels
+    index = PacketIndex([], [])
+    parts, said = first, 0
+    expected = _expected_turns(feed.expected_seconds)
+    while True:
+        started = time.perf_counter()
+        for part in parts:
+            more = await read_index(job.decoder, part, run.probe, max_source_pixels=pixels)
+            index = PacketIndex(sorted(index.times + more.times), sorted(index.keyframes + more.keyframes))
+        run.decode_seconds += time.perf_counter() - started
+        final = feed.ended
+        limit = feed.limit_seconds
+        turns = plan_turns([t for t in index.times if limit is None or t < limit - 1e-6])
+        if final and not turns:
+            raise UnsupportedInputError("the video is too short for commentary: it needs 2 frames, 0.5 s apart")
+        # Until the stream ends, a short first turn may yet grow: it waits.
+        if final or (turns and len(turns[0].timestamps) == INITIAL_FRAMES):
+            run.num_turns = len(turns) if final else max(len(turns), expected)
+            if final and feed.live and index.times:  # what the partial file's header said is no length
+                end = index.times[-1] + (1.0 / run.probe.fps if run.probe.fps else 0.0)
+                run.probe = dataclasses.replace(run.probe, duration=round(end, 6))
+            new = turns[said:]
+            said = len(turns)
+            if new:
+                blocks = [new[i : i + DECODE_TURNS] for i in range(0, len(new), DECODE_TURNS)]
+                if len(turns) == len(new):  # the first turns: the first decoded alone, first words sooner
+                    blocks = [new[:1]] + [new[i : i + DECODE_TURNS] for i in range(1, len(new), DECODE_TURNS)]
+                chunks = [
+                    ChunkPlan(i, b[0].start, b[-1].end, [t for turn in b for t in turn.timestamps], COMMENTARY_FPS)
+                    for i, b in enumerate(blocks)
+                ]
+                plan = VideoPlan(feed.path, run.probe, chunks, [None] * len(chunks), run.size, [], index, pixels)
+                async with contextlib.aclosing(_decoded_turns(job, plan, blocks, run)) as decoded:
+                    async for pair in decoded:
+                        yield pair
+        if final:
+            return
+        parts = await feed.grow()
+
+
+def _expected_turns(seconds: float | None) -> int:
+    """Turns a stream of ``seconds`` gives (0 when not known)."""
+    if not seconds:
+        return 0
+    return len(plan_turns([i / COMMENTARY_FPS for i in range(math.ceil(seconds * COMMENTARY_FPS))]))
 
 
 async def _decoded_turns(

@@ -81,6 +81,7 @@ class CaptionService:
                 max_frames_limit=self.settings.max_frames_limit,
                 max_batch_items=self.settings.max_batch_items,
                 streaming=streaming,
+                max_video_seconds=self.settings.max_video_seconds,
             )
         except WorkerError as exc:
             yield self._failure(exc, job_id)

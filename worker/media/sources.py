@@ -20,6 +20,7 @@ import socket
 import stat
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +37,9 @@ _MAX_REDIRECTS = 5
 # NAT64's well-known prefix embeds an IPv4 address in its last 32 bits (RFC 6052).
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _STALL_SECONDS = 30.0
+_CANCEL_POLL_SECONDS = 0.1
 # httpx logs every request's full URL at INFO, query string included; presigned URLs carry credentials
-# there. Our own messages name downloads by _safe_url.
+# there. Our own messages name downloads by safe_url.
 logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
@@ -150,24 +152,48 @@ def _check_allowed(resolved: Path, raw: str, settings: Settings) -> None:
 
 
 def _download(raw_url: str, workspace: Path, settings: Settings) -> LocalMedia:
-    """Streams the URL to disk. Every redirect target is checked like the URL itself, the size is capped
-    by Content-Length and while streaming, and the whole download, redirects included, has one deadline
-    (DOWNLOAD_TIMEOUT), so a server dripping a byte at a time, headers or body, cannot hold the job."""
-    url = _checked_url(raw_url)
-    path = workspace / "download.bin"
-    limit = settings.max_download_bytes
+    size = download(raw_url, workspace / "download.bin", settings).size
+    return LocalMedia(path=workspace / "download.bin", size_bytes=size, source="url")
+
+
+@dataclass(frozen=True)
+class Download:
+    size: int  # bytes written
+    url: httpx.URL  # where the body came from, after any redirects (the base of URLs it names)
+
+
+def download(
+    raw_url: str,
+    path: Path,
+    settings: Settings,
+    *,
+    max_bytes: int | None = None,
+    timeout: float | None = None,
+    limit_name: str | None = None,
+    cancel: threading.Event | None = None,
+) -> Download:
+    """Streams the URL to ``path``. Every redirect target is checked like the URL itself (public addresses
+    only unless ALLOW_PRIVATE_URLS, the address pinned against DNS rebinding), the size is capped by
+    Content-Length and while streaming (``max_bytes``, default MAX_DOWNLOAD_BYTES; ``limit_name`` names
+    the limit in errors), and the whole download, redirects included, has one deadline (``timeout``,
+    default DOWNLOAD_TIMEOUT), so a server dripping a byte at a time, headers or body, cannot hold the job.
+    Setting ``cancel`` ends a download under way (FetchError). Blocking: run it in a worker thread."""
+    url = checked_url(raw_url)
+    limit = settings.max_download_bytes if max_bytes is None else max_bytes
+    limit_name = limit_name or f"MAX_DOWNLOAD_BYTES={limit}"
+    deadline = settings.download_timeout if timeout is None else timeout
+    deadline_name = f"DOWNLOAD_TIMEOUT={deadline:g}s" if timeout is None else f"{deadline:g}s"
     # Per-operation limit: a silent server is noticed within this even when the deadline is far.
-    stall = min(_STALL_SECONDS, settings.download_timeout)
+    stall = min(_STALL_SECONDS, deadline)
     # Raw bytes, never decompressed: a video gains nothing from transfer compression and a gzip bomb
     # would expand in memory before any size check.
     headers = {"User-Agent": "video-caption-worker", "Accept-Encoding": "identity"}
     size = 0
     redirected_from: httpx.URL | None = None
     client = httpx.Client(follow_redirects=False, timeout=httpx.Timeout(stall))
-    # httpx has no overall timeout; closing the client from a timer ends whatever read is under way.
-    expired = threading.Event()
-    watchdog = threading.Timer(settings.download_timeout, lambda: (expired.set(), client.close()))
-    watchdog.daemon = True
+    # httpx has no overall timeout; closing the client from a watchdog ends whatever read is under way.
+    expired, finished = threading.Event(), threading.Event()
+    watchdog = threading.Thread(target=_watch, args=(client, deadline, expired, finished, cancel), daemon=True)
     watchdog.start()
     try:
         for _ in range(_MAX_REDIRECTS + 1):
@@ -177,51 +203,79 @@ def _download(raw_url: str, workspace: Path, settings: Settings) -> LocalMedia:
                 if response.is_redirect:
                     # Joined with the URL as given, not the pinned one: a relative Location keeps the host name.
                     redirected_from = url
-                    url = _checked_url(str(url.join(response.headers.get("location", ""))), redirected_from=url)
+                    url = checked_url(str(url.join(response.headers.get("location", ""))), redirected_from=url)
                     continue
                 if response.status_code >= 400:
-                    raise FetchError(f"download failed: HTTP {response.status_code} from {_safe_url(url)}")
+                    raise FetchError(f"download failed: HTTP {response.status_code} from {safe_url(url)}")
                 declared = response.headers.get("content-length", "")
                 if declared.isdigit() and int(declared) > limit:
-                    raise FetchError(f"download is {declared} bytes, above MAX_DOWNLOAD_BYTES={limit}")
+                    raise FetchError(f"download is {declared} bytes, above {limit_name}")
                 with path.open("wb") as out:
                     for chunk in response.iter_raw():
                         size += len(chunk)
                         if size > limit:
-                            raise FetchError(f"download exceeds MAX_DOWNLOAD_BYTES={limit}")
+                            raise FetchError(f"download exceeds {limit_name}")
                         out.write(chunk)
                 break
         else:
-            raise FetchError(f"more than {_MAX_REDIRECTS} redirects from {_safe_url(raw_url)}")
+            raise FetchError(f"more than {_MAX_REDIRECTS} redirects from {safe_url(raw_url)}")
     except Exception as exc:
+        if cancel is not None and cancel.is_set():
+            raise FetchError(f"download cancelled: {safe_url(url)}") from exc
         if expired.is_set():  # whatever the interrupted read raised
-            raise FetchError(
-                f"download timed out: not done within DOWNLOAD_TIMEOUT={settings.download_timeout:g}s: {_safe_url(url)}"
-            ) from exc
+            raise FetchError(f"download timed out: not done within {deadline_name}: {safe_url(url)}") from exc
         if isinstance(exc, httpx.TimeoutException):
-            raise FetchError(f"download timed out: no data for {stall:g}s from {_safe_url(url)}") from exc
+            raise FetchError(f"download timed out: no data for {stall:g}s from {safe_url(url)}") from exc
         if isinstance(exc, httpx.HTTPError):
             # httpx's own texts can quote the URL; the class name and our cleaned URL say enough.
-            raise FetchError(f"download failed: {type(exc).__name__} from {_safe_url(url)}") from exc
+            raise FetchError(f"download failed: {type(exc).__name__} from {safe_url(url)}") from exc
         raise
     finally:
-        watchdog.cancel()
+        finished.set()
         client.close()
     if size == 0:
-        raise FetchError(f"download is empty: {_safe_url(url)}")
-    return LocalMedia(path=path, size_bytes=size, source="url")
+        raise FetchError(f"download is empty: {safe_url(url)}")
+    return Download(size=size, url=url)
 
 
-def _checked_url(raw: str, *, redirected_from: httpx.URL | None = None) -> httpx.URL:
-    """The URL if it is an absolute http(s) URL with a host; the same rule holds for every redirect."""
-    where = f" (redirect from {_safe_url(redirected_from)})" if redirected_from is not None else ""
+def _watch(
+    client: httpx.Client,
+    deadline: float,
+    expired: threading.Event,
+    finished: threading.Event,
+    cancel: threading.Event | None,
+) -> None:
+    """Close ``client`` once ``deadline`` seconds have passed or ``cancel`` is set, unless ``finished``
+    is set first."""
+    if cancel is None:
+        if finished.wait(deadline):
+            return
+        expired.set()
+    else:
+        ends = time.monotonic() + deadline
+        # Two events cannot be waited for at once: a short poll notices the cancel soon enough.
+        while not finished.wait(min(_CANCEL_POLL_SECONDS, max(0.0, ends - time.monotonic()))):
+            if cancel.is_set():
+                break
+            if time.monotonic() >= ends:
+                expired.set()
+                break
+        else:
+            return
+    client.close()
+
+
+def checked_url(raw: str, *, redirected_from: httpx.URL | None = None) -> httpx.URL:
+    """The URL if it is an absolute http(s) URL with a host (else FetchError); the same rule holds for every
+    redirect and for every URL an HLS playlist names."""
+    where = f" (redirect from {safe_url(redirected_from)})" if redirected_from is not None else ""
     try:
         url = httpx.URL(raw)
         host = url.host  # decoding an IDNA host name can fail even when parsing did not
     except (httpx.InvalidURL, ValueError) as exc:  # ValueError: IDNA errors in the host name
         raise FetchError(f"not a valid URL{where}: {type(exc).__name__}") from None
     if url.scheme not in ("http", "https") or not host:
-        raise FetchError(f"only http(s) URLs with a host are fetched, not {_safe_url(url)}{where}")
+        raise FetchError(f"only http(s) URLs with a host are fetched, not {safe_url(url)}{where}")
     return url
 
 
@@ -232,18 +286,18 @@ def _pinned(url: httpx.URL, redirected_from: httpx.URL | None) -> tuple[httpx.UR
     so a DNS answer that changes between the check and the connection (DNS rebinding) cannot redirect the
     download. httpx has no resolver hook; pinning through its public request API covers every hop."""
     host = url.host
-    where = f" (redirect from {_safe_url(redirected_from)})" if redirected_from is not None else ""
+    where = f" (redirect from {safe_url(redirected_from)})" if redirected_from is not None else ""
     try:
         infos = socket.getaddrinfo(host, url.port or (443 if url.scheme == "https" else 80), type=socket.SOCK_STREAM)
     except (OSError, UnicodeError):
-        raise FetchError(f"download failed: cannot resolve the host of {_safe_url(url)}{where}") from None
+        raise FetchError(f"download failed: cannot resolve the host of {safe_url(url)}{where}") from None
     # Every address of the name, not only the one used: a name answering with both is no public host.
     addresses = [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
     for address in addresses:
         kind = non_public(address)
         if kind is not None:
             raise FetchError(
-                f"refused: {_safe_url(url)}{where} resolves to a {kind} address; this worker fetches from public "
+                f"refused: {safe_url(url)}{where} resolves to a {kind} address; this worker fetches from public "
                 "addresses only (ALLOW_PRIVATE_URLS=true allows private networks)"
             )
     try:
@@ -276,7 +330,7 @@ def non_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | 
     return None
 
 
-def _safe_url(url: str | httpx.URL) -> str:
+def safe_url(url: str | httpx.URL) -> str:
     """Scheme, host, port and path only: presigned URLs carry credentials in the query string and
     user:password@ URLs in the authority; errors and logs never show those."""
     try:
