@@ -14,8 +14,12 @@ the engine alone and with vLLM's own video loader, on one engine in one run.
 
 Variants, each at every concurrency (jobs in flight at once):
 - worker:      CaptionService.handle, exactly as the RunPod handler calls it (fetch, probe, plan, decode in
-               the decoder processes, DECODE_WORKERS of them, default one per core; engine); concurrency 1
-               is "one job at a time";
+               the decoder processes: the worker's layout, by default one per 4 usable cores with 4 FFmpeg
+               threads each, admitted in arrival order; engine); concurrency 1 is "one job at a time";
+- worker_shipped, worker_unordered, worker_8cores: the choices of issue 21 one by one: the layout shipped
+               before it (one process per core, FFmpeg's own thread count, no admission order); the
+               worker's layout without the admission order (every job's probe, index and decode queued at
+               once, as before); the worker's layout on 8 cores (DECODE_CPUS=8), as on a smaller RunPod worker;
 - worker_threads: the same with DECODE_WORKERS=0: probe and decode in threads of the worker process;
 - worker_nice0, worker_lean, worker_few: the worker with its decoder processes set otherwise, to find
                what keeps the engine fed at high concurrency: at the serving process's priority (nice 0,
@@ -61,7 +65,7 @@ from bench.decode import bool_arg
 from worker.devtools.media import make_video
 from worker.compile_cache import configure_compile_caches
 from worker.config import Settings
-from worker.media.pool import DecodePool, default_workers, start_decoders
+from worker.media.pool import DecodePool, decoder_cpus, default_workers, start_decoders
 from worker.engine import Engine, EngineSlot
 from worker.job.generate import sampling_params
 from worker.job.prompt import model_limits, video_sampling
@@ -77,6 +81,9 @@ VARIANTS = (
     "worker_nice0",
     "worker_lean",
     "worker_few",
+    "worker_shipped",
+    "worker_unordered",
+    "worker_8cores",
     "engine",
     "vllm_loader",
     "worker_appended",
@@ -85,7 +92,8 @@ VARIANTS = (
 # Qwen2.5-Omni with its sound appended after the frames instead of interleaved with them (the adapter's
 # audio_in_video=False), on the same engine: what interleaving costs.
 APPENDED = ("worker_appended", "engine_appended")
-TUNED = ("worker_nice0", "worker_lean", "worker_few")
+TUNED = ("worker_nice0", "worker_lean", "worker_few", "worker_shipped", "worker_unordered", "worker_8cores")
+UNORDERED = 256  # an admission limit no run reaches: every job's decoder calls queue at once, as before issue 21
 DEFAULT_VARIANTS = ("worker", "engine", "vllm_loader")
 CLIP_VERSION = 1
 
@@ -392,7 +400,9 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"from {','.join(VARIANTS)}")
     parser.add_argument("--family", default="qwen2_5_vl", help="dummy model family when --model is not given")
     parser.add_argument("--process-audio", type=bool_arg, default=False, help="jobs hear the sound (audio models)")
-    parser.add_argument("--decode-workers", type=int, help="DECODE_WORKERS of the worker variant (default: cores)")
+    parser.add_argument("--decode-workers", type=int, help="DECODE_WORKERS of the worker variant (default: cores / 4)")
+    parser.add_argument("--decode-threads", type=int, help="DECODE_THREADS of the worker variant (default: 4)")
+    parser.add_argument("--decode-cpus", help="DECODE_CPUS of the worker variant, e.g. 8 or 0-7 (default: all)")
     parser.add_argument("--fps", type=float, default=2.0)
     parser.add_argument("--max-frames", type=int, default=60)
     parser.add_argument("--max-tokens", type=int, default=256)
@@ -447,6 +457,7 @@ def main() -> None:
         allowed_media_roots=[args.media_dir],
         work_dir=work / "jobs",
         decode_workers=args.decode_workers,
+        **{k: v for k, v in (("decode_threads", args.decode_threads), ("decode_cpus", args.decode_cpus)) if v is not None},
     )
     if args.compile_cache_dir:
         # As the handler does at start, before vLLM is imported (nothing above has imported it).
@@ -461,7 +472,8 @@ def main() -> None:
     bench = Bench(service, engine, clips, args)
     workers = service.decoder.workers
     cores = default_workers()
-    tuning: dict[str, dict[str, int]] = {
+    eight = decoder_cpus("8")
+    tuning: dict[str, dict[str, Any]] = {
         "worker_nice0": {"workers": workers, "nice": 0},
         "worker_lean": {
             "workers": workers,
@@ -469,6 +481,19 @@ def main() -> None:
             "frame_threads": max(1, cores // max(1, workers)),
         },
         "worker_few": {"workers": max(1, cores // 4), "nice": settings.decode_nice, "frame_threads": 4},
+        "worker_shipped": {"workers": cores, "nice": settings.decode_nice, "admit": UNORDERED},
+        "worker_unordered": {
+            "workers": workers,
+            "nice": settings.decode_nice,
+            "frame_threads": settings.decode_threads,
+            "admit": UNORDERED,
+        },
+        "worker_8cores": {
+            "workers": max(1, len(eight or []) // max(1, settings.decode_threads)),
+            "nice": settings.decode_nice,
+            "frame_threads": settings.decode_threads,
+            "cpus": eight,
+        },
     }
     for name in TUNED:
         if name in variants:
@@ -496,6 +521,9 @@ def main() -> None:
         "device": _device(),
         "model": model if args.model else f"{args.family} {args.size} dummy weights",
         "decode_workers": service.decoder.workers,
+        "decode_threads": settings.decode_threads,
+        "decode_cpus": service.decoder.cpus,
+        "decode_admission_limit": service.decoder.admission.limit,
         "decode_nice": settings.decode_nice,
         "tuned_decoders": {name: tuning[name] for name in bench.tuned},
         "load_format": args.load_format,

@@ -26,6 +26,11 @@ class Timings(BaseModel):
     fetch: float
     decode: float
     inference: float
+    cpu: dict[str, float] | None = Field(
+        None,
+        description="CPU seconds this video cost per stage (probe, packet_index, decode, resize, audio, handover, "
+        "frontend: those that ran), wherever they ran (worker/media/cpu.py); null where not accounted",
+    )
 
 
 class CombineInfo(BaseModel):

@@ -1,6 +1,7 @@
 """One video of a job, captioned whole ("single") or in chunks ("chunked"), each chunk its own engine
 request: all of them in flight together so vLLM batches them, decoding the next chunk while the engine
-works on the previous ones.
+works on the previous ones. Decodes enter the decoders in arrival order (worker/media/admission.py has the
+rule), and the job's CPU by stage is accounted on the way (worker/media/cpu.py).
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from worker.job.generate import generate, parse_structured
 from worker.job.prompt import conversation, model_limits, video_sampling
 from worker.job.result import ChunkCaption, metadata, segment, video_info
 from worker.job.summary import combine
+from worker.media import cpu
+from worker.media.admission import Ticket
 from worker.media.frame_plan import ChunkPlan
-from worker.media.sources import fetch_media
+from worker.media.hls_stream import fetch_video
 from worker.media.video import ChunkMedia, decode, plan_video
 
 
@@ -27,20 +30,40 @@ async def caption_video(
     job: JobContext, engine: Engine, source: MediaSource, item: int | None, started: float
 ) -> CaptionResult:
     """``source``'s caption (and segments, chunked); ``item``: its place in a batch, None alone."""
+    with cpu.opened() as spent:  # what this video's stages cost, wherever they ran
+        return await _caption_video(job, engine, source, item, started, spent)
+
+
+async def _caption_video(
+    job: JobContext, engine: Engine, source: MediaSource, item: int | None, started: float, spent: cpu.Ledger
+) -> CaptionResult:
     request = job.request
     settings = job.settings
     tasks: list[asyncio.Task[ChunkCaption]] = []
     decode_seconds = 0.0
     first_submit = 0.0
     notes: list[str] = []
+    ticket: Ticket | None = None
+    turn = job.decoder.admission.number()  # its place among the decodes: its arrival, not its download's end
+    slot = False  # an engine slot taken and not yet handed to a request's task
     try:
         t0 = time.perf_counter()
         async with workspace(settings) as folder:
-            media = await asyncio.to_thread(fetch_media, source, folder, settings)
+            # An HLS stream is read up to max_seconds first, at the variant nearest the frames' size.
+            path, fetched = await fetch_video(
+                source, folder, settings, max_seconds=request.max_seconds, want_pixels=engine.pixels.video.max_pixels
+            )
+            notes += fetched
             t1 = time.perf_counter()
+            # The first chunk's engine slot, then the decoders' admission, held from the probe through the
+            # first decode: so the first jobs in reach the engine first. Never the other way round: a job
+            # holding an admission must not wait for a slot (worker/media/admission.py).
+            await job.slots.acquire()
+            slot = True
+            ticket = await job.decoder.admit(turn)
             plan = await plan_video(
                 job.decoder,
-                media.path,
+                path,
                 video_sampling(request),
                 model_limits(request, engine, settings),
                 max_source_pixels=settings.max_source_pixels,
@@ -53,9 +76,15 @@ async def caption_video(
             job.tally.chunks_planned += len(plan.chunks)
             for chunk in plan.chunks:
                 # Taken before decoding: frames wait in memory only for a free engine slot.
-                await job.slots.acquire()
+                if not slot:
+                    await job.slots.acquire()
+                    slot = True
                 try:
-                    decoded = await decode(job.decoder, plan, chunk)
+                    if ticket is None:  # a later chunk queues again, behind the jobs that asked meanwhile
+                        ticket = await job.decoder.admit()
+                    with ticket:
+                        decoded = await decode(job.decoder, plan, chunk)
+                    ticket = None
                     decode_seconds += decoded.decode_seconds
                     if decoded.audio is not None and engine.adapter.audio_tokens(len(decoded.audio.samples)) == 0:
                         notes.append("process_audio: the sound over the sampled span is too short to be heard")
@@ -80,13 +109,19 @@ async def caption_video(
                     task = asyncio.create_task(call)
                 except BaseException:
                     job.slots.release()
+                    slot = False
                     raise
                 # Released however the request ends, even when cancelled before it started.
                 task.add_done_callback(lambda _: job.slots.release())
+                slot = False
                 tasks.append(task)
                 del decoded, inputs  # the task holds them until its request is done, no longer
         captions = await asyncio.gather(*tasks)
     finally:
+        if ticket is not None:
+            ticket.release()  # planning failed or was cancelled before the first decode
+        if slot:
+            job.slots.release()  # taken for a chunk that never reached the engine
         for task in tasks:
             task.cancel()  # no-op for finished ones; a failure or cancellation stops the rest
     warnings = plan.warnings + notes
@@ -128,7 +163,9 @@ async def caption_video(
             generations=generations,
             finish_reason=finish_reason,
             started=started,
-            timings=Timings(fetch=round(t1 - t0, 4), decode=round(decode_seconds, 4), inference=inference),
+            timings=Timings(
+                fetch=round(t1 - t0, 4), decode=round(decode_seconds, 4), inference=inference, cpu=spent.rounded()
+            ),
             warnings=list(dict.fromkeys(warnings)),
         ),
     )

@@ -16,6 +16,7 @@ import av.error
 from worker.api.errors import DecodeError, UnsupportedInputError
 from worker.config import DEFAULT_MAX_SOURCE_PIXELS
 from worker.media.container import describe, open_media, video_stream
+from worker.media.cpu import accounted
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ def _rotation(first_frame: av.VideoFrame) -> int:
     return round(-float(first_frame.rotation or 0) / 90.0) % 4 * 90
 
 
+@accounted("probe")
 def probe(path: Path, *, max_pixels: int = DEFAULT_MAX_SOURCE_PIXELS) -> Probe:
     """``max_pixels``: MAX_SOURCE_PIXELS; a larger frame size, declared or decoded, is refused."""
     with open_media(path, max_pixels) as container:
@@ -117,6 +119,7 @@ def _duration(container: av.container.InputContainer, stream: av.video.stream.Vi
     return end - start
 
 
+@accounted("probe")
 def measured_end(path: Path, probe_result: Probe, *, max_pixels: int = DEFAULT_MAX_SOURCE_PIXELS) -> float:
     """Seconds from the video's start to the end of its last video packet, read from the file's tail (a
     seek to the last keyframe and a short demux, no decoding): the length when the header's cannot be
@@ -145,6 +148,7 @@ class PacketIndex:
     keyframes: list[float]  # those of keyframes, sorted
 
 
+@accounted("packet_index")
 def packet_index(path: Path, probe_result: Probe, *, max_pixels: int = DEFAULT_MAX_SOURCE_PIXELS) -> PacketIndex:
     """Every video packet's time and keyframe flag, for ``decode_frames``."""
     return _packet_index(path, probe_result.start_time, max_pixels)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from worker.api.errors import DecodeError, UnsupportedInputError
 from worker.config import DEFAULT_MAX_SOURCE_PIXELS
-from worker.media import frames
+from worker.media import cpu, frames
 from worker.media.audio import AudioClip, decode_audio
 from worker.media.frame_plan import ChunkPlan, ModelLimits, Sampling, plan_video_frames
 from worker.media.frames import DecodedFrames
@@ -134,5 +134,6 @@ def decode_span(
     if audio_window is None:
         return decoded, None
     start, end = audio_window
-    audio = decode_audio(path, start=start, end=end, video_start=probe_result.start_time, max_pixels=max_pixels)
+    with cpu.measured("audio"):
+        audio = decode_audio(path, start=start, end=end, video_start=probe_result.start_time, max_pixels=max_pixels)
     return decoded, audio
