@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import FrameType
 
@@ -56,7 +57,11 @@ def bootstrap(settings: Settings, *, log_format: str, decoder_shares: int = 1) -
     # Before anything imports vLLM or torch (the engine, below), which read the cache locations at import.
     configure_compile_caches(settings.compile_cache_dir)
     # Neither failure below raises: decoding falls back to threads, and jobs report the engine's error.
-    decoder = start_decoders(settings, decoder_shares)
-    slot = EngineSlot()
-    slot.start(settings)
+    # The decoder processes start while the engine does, not before it: both mostly wait on processes of
+    # their own (the decoders' fork server, the engine core), so their starts overlap.
+    with ThreadPoolExecutor(1, thread_name_prefix="decoders-start") as starter:
+        decoders = starter.submit(start_decoders, settings, decoder_shares)
+        slot = EngineSlot()
+        slot.start(settings)
+        decoder = decoders.result()
     return Runtime(settings, slot, decoder, CaptionService(settings, slot, decoder))
