@@ -7,6 +7,7 @@ engine and clip.
     python bench/gpu_check.py --family qwen2_5_omni --process-audio false true   # prints RESULT {json}
     python bench/gpu_check.py --family qwen2_5_omni --process-audio true --decoders processes threads
     python bench/gpu_check.py --family video_salmonn2_plus --fps 2 --max-frames 120 --process-audio false true
+    python bench/gpu_check.py --family video_salmonn2 --fps 1 --max-frames 60 --process-audio false true
 
 Every job of a run sends the same clip: vLLM's prefix and multimodal-processor caches are emptied before
 each measurement, but within one the later jobs may be served from them. For throughput on distinct

@@ -21,7 +21,7 @@ from tests.tarsier2_reference import run as reference_run
 from worker.devtools.media import make_video
 from worker.devtools.parity.worker_path import parity_settings, run_worker
 
-MAX_TOKENS = 12
+MAX_TOKENS = 24
 
 
 def jobs(media: Path) -> list[dict[str, Any]]:

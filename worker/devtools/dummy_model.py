@@ -18,6 +18,8 @@ Families (``FAMILIES``), each with a CPU-cheap ``tiny`` and the published size:
                   its tiny folder also has seeded random weights under the authors' names (no dummy load)
     tarsier2      tiny, 7b   omni-research/Tarsier2-Recap-7b's layout (worker.models.vllm_plugin); tiny has
                   seeded random weights under the release's names, in shards with an index
+    video_salmonn2  tiny, 7b   tsinghua-ee/video-SALMONN-2, the original (LLaVA-OneVision + Whisper; the
+                  plugin); tiny has seeded random weights under the authors' names, in shards with an index
 
 Each family's builder lives in its own module under ``worker.devtools.families``; a new family is one
 such module plus one ``FAMILIES`` entry here.
@@ -38,6 +40,7 @@ from worker.devtools.families.qwen2_vl import QWEN2_VL_SIZES, build_qwen2_vl
 from worker.devtools.families.qwen3_vl import QWEN3_VL_SIZES, build_qwen3_vl
 from worker.devtools.families.tarsier2 import TARSIER2_SIZES, build_tarsier2
 from worker.devtools.families.tokenizer import QWEN2_5_ADDED_TOKENS, QWEN2_BASE_VOCAB_SIZE, byte_level_alphabet
+from worker.devtools.families.video_salmonn2 import VIDEO_SALMONN2_SIZES, build_video_salmonn2
 from worker.devtools.families.video_salmonn2_plus import SALMONN_SIZES, build_video_salmonn2_plus, salmonn_weight_shapes
 
 # The entry points, plus the family-module names tests and benchmarks reach through this module.
@@ -70,6 +73,7 @@ FAMILIES: dict[str, Family] = {
     "qwen2_5_omni": Family(build=build_qwen2_5_omni, sizes=tuple(QWEN2_5_OMNI_SIZES)),
     "video_salmonn2_plus": Family(build=build_video_salmonn2_plus, sizes=tuple(SALMONN_SIZES)),
     "tarsier2": Family(build=build_tarsier2, sizes=tuple(TARSIER2_SIZES)),
+    "video_salmonn2": Family(build=build_video_salmonn2, sizes=tuple(VIDEO_SALMONN2_SIZES)),
 }
 
 

@@ -129,12 +129,21 @@ def salmonn_weight_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     shapes["model.norm.weight"] = (hidden,)
     if not config["tie_word_embeddings"]:
         shapes["lm_head.weight"] = (config["vocab_size"], hidden)
+    shapes |= {f"audio.{name}": shape for name, shape in salmonn_audio_shapes(audio).items()}
+    return shapes
+
+
+def salmonn_audio_shapes(audio: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """The audio tower's tensors (Whisper encoder, window Q-Former, query tokens, projection) by the names
+    under ``audio.`` in a 2+ checkpoint; the original video-SALMONN 2 family renames them to its own."""
+    qformer = audio["qformer_config"]
+    shapes: dict[str, tuple[int, ...]] = {}
     d, ffn = audio["d_model"], audio["encoder_ffn_dim"]
-    shapes |= {"audio.conv1.weight": (d, audio["num_mel_bins"], 3), "audio.conv1.bias": (d,)}
-    shapes |= {"audio.conv2.weight": (d, d, 3), "audio.conv2.bias": (d,)}
-    shapes["audio.embed_positions.weight"] = (audio["max_source_positions"], d)
+    shapes |= {"conv1.weight": (d, audio["num_mel_bins"], 3), "conv1.bias": (d,)}
+    shapes |= {"conv2.weight": (d, d, 3), "conv2.bias": (d,)}
+    shapes["embed_positions.weight"] = (audio["max_source_positions"], d)
     for i in range(audio["encoder_layers"]):
-        b = f"audio.layers.{i}"
+        b = f"layers.{i}"
         for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
             shapes[f"{b}.self_attn.{proj}.weight"] = (d, d)
             if proj != "k_proj":  # Whisper's key projection has no bias
@@ -147,9 +156,9 @@ def salmonn_weight_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
         }
         for norm in ("self_attn_layer_norm", "final_layer_norm"):
             shapes |= {f"{b}.{norm}.weight": (d,), f"{b}.{norm}.bias": (d,)}
-    shapes |= {"audio.layer_norm.weight": (d,), "audio.layer_norm.bias": (d,)}
+    shapes |= {"layer_norm.weight": (d,), "layer_norm.bias": (d,)}
     qh, qi, width = qformer["hidden_size"], qformer["intermediate_size"], qformer["encoder_width"]
-    q = "audio.qformer.bert"
+    q = "qformer.bert"
     shapes |= {f"{q}.embeddings.LayerNorm.weight": (qh,), f"{q}.embeddings.LayerNorm.bias": (qh,)}
     for i in range(qformer["num_hidden_layers"]):
         b = f"{q}.encoder.layer.{i}"
@@ -162,10 +171,10 @@ def salmonn_weight_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
         shapes |= {f"{b}.intermediate_query.dense.weight": (qi, qh), f"{b}.intermediate_query.dense.bias": (qi,)}
         shapes |= {f"{b}.output_query.dense.weight": (qh, qi), f"{b}.output_query.dense.bias": (qh,)}
         shapes |= {f"{b}.output_query.LayerNorm.weight": (qh,), f"{b}.output_query.LayerNorm.bias": (qh,)}
-    shapes["audio.q_tokens"] = (1, qformer["query_length"], qh)
+    shapes["q_tokens"] = (1, qformer["query_length"], qh)
     shapes |= {
-        "audio.audio_proj.weight": (qformer["out_hidden_size"], qh),
-        "audio.audio_proj.bias": (qformer["out_hidden_size"],),
+        "audio_proj.weight": (qformer["out_hidden_size"], qh),
+        "audio_proj.bias": (qformer["out_hidden_size"],),
     }
     return shapes
 

@@ -10,6 +10,7 @@ from worker.models.adapters.qwen2_5_vl import Qwen25VLAdapter
 from worker.models.adapters.qwen2_vl import Qwen2VLAdapter
 from worker.models.adapters.qwen3_vl import Qwen3VLAdapter
 from worker.models.adapters.tarsier2 import Tarsier2Adapter
+from worker.models.adapters.video_salmonn2 import VideoSalmonn2Adapter
 from worker.models.adapters.video_salmonn2_plus import VideoSalmonn2PlusAdapter
 from worker.api.errors import EngineError
 
@@ -20,6 +21,7 @@ ADAPTERS: tuple[type[ModelAdapter], ...] = (
     Qwen25OmniAdapter,
     VideoSalmonn2PlusAdapter,
     Tarsier2Adapter,
+    VideoSalmonn2Adapter,
 )
 
 

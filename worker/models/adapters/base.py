@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -16,6 +16,24 @@ from worker.media.frames import DecodedFrames
 from worker.media.probe import Probe
 from worker.media.frame_plan import VisionGeometry
 from worker.api.schema import ChatMessage, MediaType
+
+
+def chatml_prompt(
+    text: str | Sequence[ChatMessage], system_prompt: str, first_user: Callable[[str], str] | None
+) -> str:
+    """Every turn as ``<|im_start|>role\ncontent<|im_end|>\n`` after ``system_prompt`` (unless the
+    conversation brings its own), the first user turn's content passed through ``first_user`` (where a family
+    puts its media placeholder; None: a text-only request), then the assistant's opening: the layout that the
+    LLaVA-style plugins' authors build by hand instead of through a chat template."""
+    turns = [ChatMessage(role="user", content=text)] if isinstance(text, str) else list(text)
+    if not turns or turns[0].role != "system":
+        turns = [ChatMessage(role="system", content=system_prompt), *turns]
+    opening = next(i for i, turn in enumerate(turns) if turn.role == "user")
+    parts = []
+    for i, turn in enumerate(turns):
+        content = first_user(turn.content) if i == opening and first_user is not None else turn.content
+        parts.append(f"<|im_start|>{turn.role}\n{content}<|im_end|>\n")
+    return "".join(parts) + "<|im_start|>assistant\n"
 
 
 @dataclass(frozen=True)

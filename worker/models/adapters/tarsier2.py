@@ -21,7 +21,7 @@ from worker.media.audio import AudioClip
 from worker.media.frame_plan import VisionGeometry
 from worker.media.frames import DecodedFrames
 from worker.media.probe import Probe
-from worker.models.adapters.base import MediaLimits
+from worker.models.adapters.base import MediaLimits, chatml_prompt
 from worker.models.adapters.qwen import QwenAdapter
 from worker.models.vllm_plugin.tarsier2_config import ARCHITECTURE, RELEASED_ARCHITECTURE, tarsier2_hf_overrides
 
@@ -60,17 +60,8 @@ class Tarsier2Adapter(QwenAdapter):
         """Every turn as <|im_start|>role\\ncontent<|im_end|>\\n after the default system turn; the medium's
         placeholder opens the first user turn, the question follows it directly. Tarsier2 hears nothing, so
         ``with_audio`` changes nothing."""
-        turns = [ChatMessage(role="user", content=text)] if isinstance(text, str) else list(text)
-        if not turns or turns[0].role != "system":
-            turns = [ChatMessage(role="system", content=SYSTEM_PROMPT), *turns]
-        first_user = next(i for i, turn in enumerate(turns) if turn.role == "user")
-        parts = []
-        for i, turn in enumerate(turns):
-            content = turn.content
-            if i == first_user and media_type is not None:
-                content = _PLACEHOLDER[media_type] + content
-            parts.append(f"<|im_start|>{turn.role}\n{content}<|im_end|>\n")
-        return "".join(parts) + "<|im_start|>assistant\n"
+        opener = None if media_type is None else (lambda content: _PLACEHOLDER[media_type] + content)
+        return chatml_prompt(text, SYSTEM_PROMPT, opener)
 
     def video_inputs(
         self,

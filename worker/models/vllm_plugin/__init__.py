@@ -9,6 +9,7 @@ from __future__ import annotations
 ARCHITECTURES = {
     "video_SALMONN2_plus": "worker.models.vllm_plugin.video_salmonn2_plus:VideoSalmonn2PlusForConditionalGeneration",
     "Tarsier2ForConditionalGeneration": "worker.models.vllm_plugin.tarsier2:Tarsier2ForConditionalGeneration",
+    "VideoSALMONN2ForCausalLM": "worker.models.vllm_plugin.video_salmonn2:VideoSalmonn2ForCausalLM",
     "Qwen2_5OmniModel": "worker.models.vllm_plugin.qwen2_5_omni_thinker:Qwen25OmniThinker",
     "Qwen2_5OmniForConditionalGeneration": "worker.models.vllm_plugin.qwen2_5_omni_thinker:Qwen25OmniThinker",
 }
@@ -17,8 +18,15 @@ REPLACED = frozenset({"Qwen2_5OmniModel", "Qwen2_5OmniForConditionalGeneration"}
 
 
 def register() -> None:
-    """Map each architecture to its class, lazily: the module is imported only when a model needs it."""
+    """Map each architecture to its class, lazily: the module is imported only when a model needs it; and
+    teach transformers the original video-SALMONN 2's config type, which vLLM reads before any model."""
+    from transformers import AutoConfig
     from vllm import ModelRegistry
+
+    from worker.models.vllm_plugin.video_salmonn2_config import VideoSalmonn2Config
+    from worker.models.vllm_plugin.video_salmonn2_layout import MODEL_TYPE
+
+    AutoConfig.register(MODEL_TYPE, VideoSalmonn2Config, exist_ok=True)
 
     supported = set(ModelRegistry.get_supported_archs())
     for arch, target in ARCHITECTURES.items():

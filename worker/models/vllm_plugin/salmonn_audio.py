@@ -130,6 +130,11 @@ class SalmonnAudioTower(nn.Module):
         self.qformer = WindowQFormer(qformer)
         self.q_tokens = nn.Parameter(torch.zeros(1, int(qformer.get("query_length", 1)), hidden))
         self.audio_proj = nn.Linear(hidden, int(qformer.get("out_hidden_size") or out_hidden_size))
+        # Steps the original video-SALMONN 2 adds around the same tower (its plugin sets them): a norm over
+        # the encoder frames before the windows (``ln_speech``) and a head after ``audio_proj``
+        # (``final_linear``). Identities here, without parameters, so 2+ checkpoints load as before.
+        self.frames_norm: nn.Module = nn.Identity()
+        self.out_head: nn.Module = nn.Identity()
 
     @property
     def tokens_per_piece(self) -> int:
@@ -138,12 +143,12 @@ class SalmonnAudioTower(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """(pieces, 128, 3000) log-mel -> (pieces * tokens_per_piece, out_hidden) audio embeddings."""
         features = features.to(self.q_tokens.dtype)
-        frames = self.encoder([features])  # (pieces, 1500, d_model), after the final layer_norm
+        frames = self.frames_norm(self.encoder([features]))  # (pieces, 1500, d_model), after the final layer_norm
         width = frames.shape[-1]
         windows = frames.unfold(1, self.kernel, self.stride)  # (pieces, n_windows, width, kernel)
         windows = windows.permute(0, 1, 3, 2).reshape(-1, self.kernel, width)
         queries = self.q_tokens.expand(windows.shape[0], -1, -1)
-        out = self.audio_proj(self.qformer(queries, windows))
+        out = self.out_head(self.audio_proj(self.qformer(queries, windows)))
         return out.reshape(-1, out.shape[-1])
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
@@ -156,7 +161,7 @@ class SalmonnAudioTower(nn.Module):
             if name.endswith("embeddings.position_ids"):
                 continue
             target, shard = name, None
-            if not name.startswith(("qformer.", "q_tokens", "audio_proj.")):
+            if not name.startswith(("qformer.", "q_tokens", "audio_proj.", "frames_norm.", "out_head.")):
                 target = "encoder." + name
                 for proj, shard_id in (
                     (".self_attn.q_proj.", "q"),
