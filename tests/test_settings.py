@@ -1,7 +1,9 @@
 """Settings that cannot go wrong silently: look-alike variables are logged at start, QUANTIZATION and
 KV_CACHE_DTYPE reach vLLM's engine configuration (and a value vLLM refuses stops the start with a clear
-error), and a CPU engine gets a KV cache budget that starts. The engine configuration is vLLM's real one;
-no engine is started (the engine is replaced right where it would be)."""
+error), a CPU engine gets a KV cache budget that starts, and the decoder layout (DECODE_THREADS,
+DECODE_CPUS) and MAX_CONCURRENCY hold the defaults issue 21 measured and refuse what cannot work, and the
+engine knobs of its sweep (MAX_NUM_BATCHED_TOKENS, MAX_NUM_SEQS, MM_ENCODER_TP_MODE, SKIP_MM_PROFILING, vLLM's
+VLLM_USE_V2_MODEL_RUNNER) reach vLLM. The engine configuration is vLLM's real one; no engine is started (the engine is replaced right where it would be)."""
 
 from __future__ import annotations
 
@@ -191,3 +193,111 @@ def test_a_quantization_the_platform_cannot_run_fails_the_start_naming_it(worker
     error = json.loads(match.group(1))
     assert error["type"] == "engine_error" and "failed to start" in error["message"]
     assert "(QUANTIZATION=fp8), which this GPU or platform may not support" in error["message"]
+
+
+# ---- decoder layout and concurrency (issue 21's measurements) ----
+
+
+def test_decoder_layout_and_concurrency_defaults_are_the_measured_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    from worker.media import pool
+
+    for name in ("MAX_CONCURRENCY", "DECODE_THREADS", "DECODE_WORKERS", "DECODE_CPUS"):
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings()
+    assert (settings.max_concurrency, settings.decode_threads, settings.decode_cpus) == (32, 4, None)
+    # One process per 4 usable cores, at least one; DECODE_THREADS=0 (FFmpeg's choice): one per core.
+    for cores, processes, threads_zero in [(16, 4, 16), (8, 2, 8), (2, 1, 2), (1, 1, 1)]:
+        monkeypatch.setattr(pool, "default_workers", lambda cores=cores: cores)
+        assert pool.decoder_layout(settings) == (processes, None)
+        assert pool.decoder_layout(settings.model_copy(update={"decode_threads": 0}))[0] == threads_zero
+    monkeypatch.setattr(pool, "default_workers", lambda: 16)
+    assert pool.decoder_layout(settings, shares=2) == (2, None)  # two engines on one machine share the cores
+    assert pool.decoder_layout(settings.model_copy(update={"decode_workers": 3})) == (3, None)
+
+
+def test_decode_settings_are_read_from_the_environment_and_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError as SettingsError
+
+    monkeypatch.setenv("DECODE_THREADS", "2")
+    monkeypatch.setenv("DECODE_CPUS", " 0-3,8 ")
+    monkeypatch.setenv("MAX_CONCURRENCY", "16")
+    settings = Settings()
+    assert (settings.decode_threads, settings.decode_cpus, settings.max_concurrency) == (2, "0-3,8", 16)
+    monkeypatch.setenv("DECODE_CPUS", "")
+    assert Settings().decode_cpus is None  # a template's blank variable: unset
+    for bad in ("0", "3-1", "a-b", "0-3,", "-2"):
+        monkeypatch.setenv("DECODE_CPUS", bad)
+        with pytest.raises(SettingsError, match="DECODE_CPUS"):
+            Settings()
+    monkeypatch.delenv("DECODE_CPUS")
+    for name, bad in (("DECODE_THREADS", "-1"), ("DECODE_THREADS", "65"), ("MAX_CONCURRENCY", "0")):
+        monkeypatch.setenv(name, bad)
+        with pytest.raises(SettingsError):
+            Settings()
+        monkeypatch.delenv(name)
+
+
+def test_decode_cpus_pin_the_decoder_processes_to_usable_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from worker.media.pool import DecodePool, decoder_cpus, decoder_layout
+
+    usable = sorted(os.sched_getaffinity(0))
+    assert decoder_cpus(None) is None
+    assert decoder_cpus("1") == usable[:1] and decoder_cpus(str(len(usable) + 5)) == usable
+    assert decoder_cpus(f"{usable[0]},{max(usable) + 100}") == [usable[0]]  # the unusable one left out
+    with pytest.raises(ValueError, match="names no CPU"):
+        decoder_cpus(f"{max(usable) + 100}-{max(usable) + 101}")  # a single number is a count
+    settings = Settings(decode_cpus="1", decode_threads=1)
+    workers, cpus = decoder_layout(settings)
+    assert (workers, cpus) == (1, usable[:1])  # the count of DECODE_CPUS, not of the machine
+    pinned = DecodePool(workers, frame_threads=1, cpus=cpus)
+    pinned.start()
+    try:
+        assert pinned.call(os.sched_getaffinity, 0) == set(usable[:1])
+    finally:
+        pinned.shutdown()
+
+
+def test_engine_knobs_for_long_multimodal_prompts_reach_the_engine_configuration(engine_config: Any) -> None:
+    # Issue 21 item 5's sweep: MAX_NUM_BATCHED_TOKENS (vLLM 0.26 sizes the encoder cache and budget to it: no
+    # knob of their own), MAX_NUM_SEQS, the encoder's data parallelism and its start-up memory profile.
+    config = engine_config(max_num_batched_tokens=16384, max_num_seqs=64, mm_encoder_tp_mode="data")
+    scheduler, multimodal = config.scheduler_config, config.model_config.multimodal_config
+    assert scheduler.max_num_batched_tokens == scheduler.encoder_cache_size == 16384
+    assert scheduler.max_num_seqs == 64 and multimodal.mm_encoder_tp_mode == "data"
+    assert engine_config(skip_mm_profiling=True).model_config.multimodal_config.skip_mm_profiling is True
+    config = engine_config()  # unset: vLLM's own defaults
+    assert config.model_config.multimodal_config.mm_encoder_tp_mode == "weights"
+    assert config.model_config.multimodal_config.skip_mm_profiling is False
+
+
+def test_the_model_runner_is_vllms_own_variable(engine_config: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # VLLM_USE_V2_MODEL_RUNNER reaches vLLM unchanged (as RunPod's vLLM worker passes vLLM's variables), and
+    # the worker does not take it for a look-alike of one of its settings.
+    assert unknown_settings({"VLLM_USE_V2_MODEL_RUNNER": "0"}) == {}
+    monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "0")
+    assert engine_config().use_v2_model_runner is False
+    monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "1")
+    from vllm.triton_utils import HAS_TRITON
+
+    if HAS_TRITON:
+        assert engine_config().use_v2_model_runner is True
+    else:  # vLLM's CPU build: V2 needs Triton, and the start stops saying so
+        with pytest.raises(EngineError, match="Model Runner V2 requires Triton"):
+            engine_config()
+
+
+def test_engine_knob_and_warm_up_settings_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    assert Settings().engine_warm_up == "early" and Settings().engine_overrides() == {}
+    monkeypatch.setenv("MM_ENCODER_TP_MODE", "")  # a RunPod template's blank variable: unset
+    monkeypatch.setenv("SKIP_MM_PROFILING", "true")
+    monkeypatch.setenv("ENGINE_WARM_UP", "off")
+    assert Settings().engine_overrides() == {"skip_mm_profiling": True} and Settings().engine_warm_up == "off"
+    for name, bad in (("MM_ENCODER_TP_MODE", "tensor"), ("ENGINE_WARM_UP", "late"), ("MAX_NUM_SEQS", "0")):
+        monkeypatch.setenv(name, bad)
+        with pytest.raises(ValidationError):
+            Settings()
+        monkeypatch.delenv(name)

@@ -56,7 +56,9 @@ class MediaPixels:
 
 
 class Engine:
-    def __init__(self, llm: Any, adapter: ModelAdapter, tokenizer: Any, model: str, pixels: MediaPixels) -> None:
+    def __init__(
+        self, llm: Any, adapter: ModelAdapter, tokenizer: Any, model: str, pixels: MediaPixels, warm_up: str = "after"
+    ) -> None:
         self.llm = llm
         self.adapter = adapter
         self.tokenizer = tokenizer
@@ -67,6 +69,7 @@ class Engine:
         # unset, as vLLM's own server does; SamplingParams alone would use neutral values instead.
         self.sampling_defaults: dict[str, Any] = llm.vllm_config.model_config.get_diff_sampling_param()
         self.on_death: Callable[[], None] | None = None
+        self.warm_up_mode = warm_up  # ENGINE_WARM_UP
 
     @classmethod
     def build(cls, settings: Settings) -> Engine:
@@ -77,6 +80,11 @@ class Engine:
         from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        from vllm.plugins import load_general_plugins
+
+        from worker.engine_warmup import early_warm_up
+
+        load_general_plugins()  # before the config: the plugins teach transformers the original video-SALMONN 2's
         hf_config = AutoConfig.from_pretrained(
             settings.model_name, revision=settings.model_revision, trust_remote_code=settings.trust_remote_code
         )
@@ -115,9 +123,10 @@ class Engine:
         except ValueError as exc:  # pydantic's ValidationError, vLLM's config checks, is one
             raise EngineError(f"vLLM rejects the engine settings{_chosen(settings)}: {_reason(exc)}") from exc
         try:
-            llm = AsyncLLM.from_vllm_config(
-                config, enable_log_requests=args.enable_log_requests, disable_log_stats=args.disable_log_stats
-            )
+            with early_warm_up(settings.engine_warm_up == "early"):
+                llm = AsyncLLM.from_vllm_config(
+                    config, enable_log_requests=args.enable_log_requests, disable_log_stats=args.disable_log_stats
+                )
         except Exception as exc:
             if not _chosen(settings):
                 raise
@@ -128,8 +137,9 @@ class Engine:
                 f"(vLLM's reason is in the worker log above this error): {type(exc).__name__}: {exc}"
             ) from exc
         elapsed = time.perf_counter() - started
-        log.info("engine ready in %.1f s (%s, adapter %s)", elapsed, settings.model_name, adapter.family)
-        return cls(llm, adapter, llm.get_tokenizer(), settings.model_name, pixels)
+        runner = f"model runner V{2 if config.use_v2_model_runner else 1}"  # VLLM_USE_V2_MODEL_RUNNER or vLLM's
+        log.info("engine ready in %.1f s (%s, adapter %s, %s)", elapsed, settings.model_name, adapter.family, runner)
+        return cls(llm, adapter, llm.get_tokenizer(), settings.model_name, pixels, settings.engine_warm_up)
 
     async def generate(
         self,
@@ -199,10 +209,21 @@ class Engine:
         chat template, through vLLM's own warm-up (what ``vllm serve`` runs at start: one dummy input per
         modality through the multimodal processor, its cache emptied after). Synchronous, no engine request,
         so it needs no event loop: the one that serves jobs does not exist yet at cold start. Never raises:
-        a failed warm-up only leaves the first job to pay for the set-up. Returns whether it ran."""
+        a failed warm-up only leaves the first job to pay for the set-up. Returns whether it ran. ENGINE_WARM_UP
+        "early": the renderer began it as the engine core started (worker/engine_warmup.py); "off": none."""
         from vllm.renderers.params import ChatParams
 
+        if self.warm_up_mode == "off":
+            log.info("engine warm-up off (ENGINE_WARM_UP=off): the first job builds the HF processor")
+            return False
         started = time.perf_counter()
+        wait_warm = getattr(self.llm.renderer, "wait_warm", None)
+        if wait_warm is not None:  # worker.engine_warmup.EarlyWarmRenderer
+            ok: bool = wait_warm()
+            took, waited = self.llm.renderer.warm_up_seconds, time.perf_counter() - started
+            if ok:
+                log.info("engine warmed up in %.1f s, begun with the engine core (%.1f s waited)", took, waited)
+            return ok
         try:
             self.llm.renderer.warmup(ChatParams())
         except Exception:
@@ -265,8 +286,14 @@ def _pixel_limits(settings: Settings) -> MediaPixels:
     from transformers import AutoImageProcessor, AutoVideoProcessor
 
     source = {"revision": settings.model_revision, "trust_remote_code": settings.trust_remote_code}
-    video = AutoVideoProcessor.from_pretrained(settings.model_name, **source)
-    image = AutoImageProcessor.from_pretrained(settings.model_name, **source)
+
+    def load(auto: Any) -> Any:  # None: no processor files (the original video-SALMONN 2 resizes in its plugin)
+        try:
+            return auto.from_pretrained(settings.model_name, **source)
+        except OSError:
+            return None
+
+    video, image = load(AutoVideoProcessor), load(AutoImageProcessor)
     return MediaPixels(
         video=_within(video, "VIDEO", settings.video_min_pixels, settings.video_max_pixels),
         image=_within(image, "IMAGE", settings.video_min_pixels, settings.image_max_pixels),
