@@ -98,7 +98,7 @@ class Settings(BaseSettings):
 
     # Serving
     # Jobs one worker takes at once (RunPod's concurrency modifier). 32: the engine needs about that many in
-    # flight for its throughput (H200, 7B: 3.2x one job at a time; issue 21), MAX_NUM_SEQS's default too.
+    # flight for its throughput (H200, 7B: 3.2x one job at a time; docs/performance.md), MAX_NUM_SEQS's default too.
     # Decodes still run a few at a time in arrival order (worker/media/admission.py); each job waiting
     # holds at most its frames (60 frames of 448x448 RGB: 36 MB).
     max_concurrency: int = Field(32, ge=1, le=256)
@@ -113,7 +113,7 @@ class Settings(BaseSettings):
     # threads of the worker.
     decode_workers: int | None = Field(None, ge=0, le=256)
     # FFmpeg threads per decoder process; 0: FFmpeg's choice (one per core, in every process). 4 processes
-    # x 4 threads fed the engine at 0.91 of its ceiling, 16 x 1 at 0.77 (H200, 16 cores; issue 21).
+    # x 4 threads fed the engine at 0.91 of its ceiling, 16 x 1 at 0.77 (H200, 16 cores; docs/performance.md).
     decode_threads: int = Field(4, ge=0, le=64)
     # CPUs the decoder processes may run on: a list ("0-7,12") or a count ("8": the first 8 usable);
     # unset: every CPU this process may use. Smaller RunPod workers, or cores kept for the serving process.

@@ -2,7 +2,7 @@
 
 Without it, 32 jobs arriving together each queue a probe, then an index, then a decode in the decoder
 pool's one FIFO: every job's decode waits behind every job's probe, all decodes run at once and finish
-together while the engine idles (issue 21: 16 processes busy for ~6 s, the GPU idle meanwhile).
+together while the engine idles (measured on an H200: 16 processes busy for ~6 s, the GPU idle meanwhile).
 
 The rule (worker/job/video.py keeps it): a video takes a number when its job arrives, before its media is
 fetched, and holds one admission from its probe through its first decode; waiting videos are admitted by
