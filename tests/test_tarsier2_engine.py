@@ -5,16 +5,11 @@ frames: same prompt, same pixels, same M-RoPE positions."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from typing import Any
 
 import pytest
 
-from tests.conftest import KV_CACHE_GIB
-from tests.local_api import ROOT
+from tests.engine_script import run_engine_script
 from tests.tarsier2_engines import MAX_TOKENS
 from worker.devtools.dummy_model import build_dummy_model
 
@@ -27,18 +22,7 @@ IMAGE_PAD, VIDEO_PAD = 151655, 151656
 def runs(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     work = tmp_path_factory.mktemp("tarsier2-engine")
     model = build_dummy_model(work / "tiny-tarsier2", "tarsier2", "tiny")
-    out = work / "runs.json"
-    run = subprocess.run(
-        [sys.executable, "-m", "tests.tarsier2_engines", str(model), str(work), str(out)],
-        cwd=ROOT,
-        env=os.environ | {"VLLM_CPU_KVCACHE_SPACE": KV_CACHE_GIB},
-        capture_output=True,
-        text=True,
-        timeout=840,
-        check=False,
-    )
-    assert run.returncode == 0, run.stderr[-6000:]
-    return json.loads(out.read_text())
+    return run_engine_script("tests.tarsier2_engines", model, work)
 
 
 def test_checkpoint_loads_strictly(runs: list[dict[str, Any]]) -> None:

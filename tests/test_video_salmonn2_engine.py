@@ -5,16 +5,11 @@ authors' pipeline (tests/video_salmonn2_reference.py) on the same frames, span a
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from typing import Any
 
 import pytest
 
-from tests.conftest import KV_CACHE_GIB
-from tests.local_api import ROOT
+from tests.engine_script import run_engine_script
 from tests.video_salmonn2_engines import MAX_TOKENS
 from worker.devtools.dummy_model import build_dummy_model
 from worker.models.vllm_plugin.video_salmonn2_layout import DEFAULT_PLACEHOLDER_ID
@@ -28,18 +23,7 @@ IMAGE_TOKEN_INDEX = -200  # the authors' marker in the prompt ids
 def runs(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     work = tmp_path_factory.mktemp("video-salmonn2-engine")
     model = build_dummy_model(work / "tiny-video-salmonn2", "video_salmonn2", "tiny")
-    out = work / "runs.json"
-    run = subprocess.run(
-        [sys.executable, "-m", "tests.video_salmonn2_engines", str(model), str(work), str(out)],
-        cwd=ROOT,
-        env=os.environ | {"VLLM_CPU_KVCACHE_SPACE": KV_CACHE_GIB},
-        capture_output=True,
-        text=True,
-        timeout=840,
-        check=False,
-    )
-    assert run.returncode == 0, run.stderr[-6000:]
-    return json.loads(out.read_text())
+    return run_engine_script("tests.video_salmonn2_engines", model, work)
 
 
 def test_checkpoint_loads_strictly(runs: list[dict[str, Any]]) -> None:
