@@ -89,7 +89,7 @@ class Engine:
             settings.model_name, revision=settings.model_revision, trust_remote_code=settings.trust_remote_code
         )
         adapter = adapter_for(getattr(hf_config, "architectures", None))
-        pixels = _pixel_limits(settings)
+        pixels = _pixel_limits(settings, adapter.has_hf_processor)
         limits = MediaLimits(settings.max_frames_limit, pixels.video.max_pixels, pixels.image.max_pixels)
         args = AsyncEngineArgs(
             model=settings.model_name,
@@ -280,20 +280,16 @@ def _cpu_kv_cache_bytes(settings: Settings) -> int | None:
     return budget
 
 
-def _pixel_limits(settings: Settings) -> MediaPixels:
+def _pixel_limits(settings: Settings, has_processor: bool = True) -> MediaPixels:
     """Pixel ranges of frames and images: the deployment's settings within what the model's processors
     accept, so the processors never resize what the planner sized."""
     from transformers import AutoImageProcessor, AutoVideoProcessor
 
     source = {"revision": settings.model_revision, "trust_remote_code": settings.trust_remote_code}
-
-    def load(auto: Any) -> Any:  # None: no processor files (the original video-SALMONN 2 resizes in its plugin)
-        try:
-            return auto.from_pretrained(settings.model_name, **source)
-        except OSError:
-            return None
-
-    video, image = load(AutoVideoProcessor), load(AutoImageProcessor)
+    video = image = None  # a family without processor files resizes in its plugin (ModelAdapter.has_hf_processor)
+    if has_processor:
+        video = AutoVideoProcessor.from_pretrained(settings.model_name, **source)
+        image = AutoImageProcessor.from_pretrained(settings.model_name, **source)
     return MediaPixels(
         video=_within(video, "VIDEO", settings.video_min_pixels, settings.video_max_pixels),
         image=_within(image, "IMAGE", settings.video_min_pixels, settings.image_max_pixels),

@@ -66,6 +66,9 @@ class ModelAdapter(ABC):
     # Mode "commentary" (LiveCC's protocol, docs/commentary.md): the most clips one prompt may hold, which
     # the engine is started to accept; 0: the family does not do commentary.
     commentary_clips: ClassVar[int] = 0
+    # Whether the checkpoint ships Hugging Face processor files (preprocessor_config.json) for the pixel range;
+    # a family that resizes in its own plugin has none, and its frame size is then the worker's settings alone.
+    has_hf_processor: ClassVar[bool] = True
 
     def engine_kwargs(self, limits: MediaLimits) -> dict[str, Any]:
         """Extra vLLM engine arguments this family needs. vLLM profiles memory with the largest media a

@@ -43,6 +43,7 @@ class VideoSalmonn2Adapter(QwenAdapter):
     supports_audio: ClassVar[bool] = True
     max_audio_seconds: ClassVar[float] = MAX_AUDIO_SECONDS
     audio_covers_span: ClassVar[bool] = True
+    has_hf_processor: ClassVar[bool] = False  # the release has none: SigLIP's 384² resize is in the plugin
 
     def engine_kwargs(self, limits: MediaLimits) -> dict[str, Any]:
         # Frames are resized to the tower's 384 x 384 by the plugin; the profile needs their count only.
