@@ -108,6 +108,29 @@ def test_downloads_are_capped_and_time_limited(settings: Settings, hostile_serve
     assert match in fetch_error(MediaSource("url", hostile_server + path), settings)
 
 
+def test_a_cancelled_job_ends_its_download_at_once(settings: Settings, hostile_server: str) -> None:
+    """RunPod's cancel (or a job timeout) cancels the job's task. The download under way ends with it and
+    its thread is done when the cancel returns, instead of running on to DOWNLOAD_TIMEOUT (600 s here)
+    while the job's workspace is removed under it."""
+    patient = settings.model_copy(update={"download_timeout": 600.0})
+
+    async def cancelled_mid_download() -> asyncio.Task[Any]:
+        with job_workspace(patient) as workspace:
+            job = worker.media.sources.fetch(MediaSource("url", f"{hostile_server}/drip"), workspace, patient)
+            task = asyncio.create_task(job)
+            deadline = time.monotonic() + HANG_GUARD_S
+            while not (workspace / "download.bin").exists() and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)  # the body has started: a download is under way
+            assert (workspace / "download.bin").exists() and not task.done()
+            task.cancel()
+            # The drip ends on its own after 20 s: a download that ignored the cancel would outlast this.
+            done, _ = await asyncio.wait({task}, timeout=HANG_GUARD_S)
+            assert task in done
+            return task
+
+    assert asyncio.run(cancelled_mid_download()).cancelled()
+
+
 def test_a_gzip_bomb_is_stored_as_sent_never_inflated(settings: Settings, hostile_server: str) -> None:
     status = Path("/proc/self/status")
 

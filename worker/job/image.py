@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from worker.api.schema import MediaSource
@@ -13,14 +12,14 @@ from worker.job.generate import generate, parse_structured
 from worker.job.prompt import model_limits
 from worker.job.result import metadata
 from worker.media.image import prepare_image
-from worker.media.sources import fetch_media
+from worker.media.sources import fetch
 
 
 async def caption_image(job: JobContext, engine: Engine, source: MediaSource, started: float) -> CaptionResult:
     request = job.request
     t0 = time.perf_counter()
     async with workspace(job.settings) as folder:
-        media = await asyncio.to_thread(fetch_media, source, folder, job.settings)
+        media = await fetch(source, folder, job.settings)
         t1 = time.perf_counter()
         image = await prepare_image(media.path, model_limits(request, engine, job.settings))
     t2 = time.perf_counter()

@@ -18,7 +18,7 @@ from worker.api.errors import FetchError
 from worker.api.schema import MediaSource
 from worker.config import Settings
 from worker.media.hls import HlsRead, HlsReader, Segment, is_hls_url, is_playlist
-from worker.media.sources import fetch_media, safe_url
+from worker.media.sources import fetch, safe_url
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ async def open_video(
     if source.kind == "url" and is_hls_url(source.value):
         feed = LiveStream(source.value, workspace, settings, max_seconds=max_seconds, want_pixels=want_pixels)
     else:
-        media = await asyncio.to_thread(fetch_media, source, workspace, settings)
+        media = await fetch(source, workspace, settings)
         if source.kind == "url" and await asyncio.to_thread(is_playlist, media.path):
             await asyncio.to_thread(media.path.unlink)
             feed = LiveStream(source.value, workspace, settings, max_seconds=max_seconds, want_pixels=want_pixels)

@@ -8,6 +8,7 @@ open file to the end, so a path changed after the check cannot make it read anot
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
@@ -73,13 +74,31 @@ def job_workspace(settings: Settings) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def fetch_media(source: MediaSource, workspace: Path, settings: Settings) -> LocalMedia:
-    """Blocking: run it in a worker thread."""
+async def fetch(source: MediaSource, workspace: Path, settings: Settings) -> LocalMedia:
+    """``fetch_media`` in a worker thread. A cancelled job (RunPod's cancel or timeout) ends its download
+    at once and waits for the thread, so no download runs on to DOWNLOAD_TIMEOUT after the job has gone and
+    nothing is written into the workspace once the job leaves it."""
+    cancel = threading.Event()
+    task = asyncio.ensure_future(asyncio.to_thread(fetch_media, source, workspace, settings, cancel=cancel))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        cancel.set()
+        await asyncio.wait({task})  # within _CANCEL_POLL_SECONDS for a download; its FetchError is moot
+        if not task.cancelled():
+            task.exception()  # retrieved, so asyncio does not log it as never retrieved
+        raise
+
+
+def fetch_media(
+    source: MediaSource, workspace: Path, settings: Settings, *, cancel: threading.Event | None = None
+) -> LocalMedia:
+    """Blocking: run it in a worker thread (or use ``fetch``). Setting ``cancel`` ends a download."""
     if source.kind == "base64":
         return _from_base64(source.value, workspace, settings)
     if source.kind == "path":
         return _from_path(source.value, workspace, settings)
-    return _download(source.value, workspace, settings)
+    return _download(source.value, workspace, settings, cancel)
 
 
 def _from_base64(payload: str, workspace: Path, settings: Settings) -> LocalMedia:
@@ -151,8 +170,8 @@ def _check_allowed(resolved: Path, raw: str, settings: Settings) -> None:
         raise FetchError(f"path {raw!r} is inside the worker's private WORK_DIR")
 
 
-def _download(raw_url: str, workspace: Path, settings: Settings) -> LocalMedia:
-    size = download(raw_url, workspace / "download.bin", settings).size
+def _download(raw_url: str, workspace: Path, settings: Settings, cancel: threading.Event | None) -> LocalMedia:
+    size = download(raw_url, workspace / "download.bin", settings, cancel=cancel).size
     return LocalMedia(path=workspace / "download.bin", size_bytes=size, source="url")
 
 
