@@ -3,6 +3,12 @@ local HTTP server with hostile endpoints."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -102,3 +108,76 @@ def hostile_server(clip_for_sources: Path) -> Iterator[str]:
 
     with serve(clip_for_sources.read_bytes()) as url:
         yield url
+
+
+def _processes_left() -> list[str]:
+    """Processes of this process group that descend from this one, or were orphaned (their ancestry no longer
+    reaches this process's parents): what would hold CI's output pipe open after pytest has exited.
+    Siblings in a shell pipeline (``| tee``) share the group and are not counted."""
+    parents: dict[int, int] = {}
+    info: dict[int, tuple[int, str]] = {}  # pid: (process group, command line)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, ppid, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
+            cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, ValueError):
+            continue  # ended meanwhile
+        if state != "Z":
+            parents[int(stat.parent.name)] = int(ppid)
+            info[int(stat.parent.name)] = (int(pgrp), cmdline.strip()[:200])
+
+    def ancestry(pid: int) -> list[int]:
+        chain = []
+        while pid in parents and pid not in chain:
+            chain.append(pid)
+            pid = parents[pid]
+        return chain
+
+    me = os.getpid()
+    elders = set(ancestry(me)) - {me, 1}  # an orphan is adopted by init (pid 1)
+    left = []
+    for pid, (pgrp, cmdline) in info.items():
+        chain = ancestry(pid)
+        if pgrp == os.getpgid(0) and pid != me and pid not in elders and (me in chain or not elders & set(chain)):
+            left.append(f"pid {pid} (parent {parents[pid]}): {cmdline}")
+    return left
+
+
+def _threads_left() -> list[threading.Thread]:
+    """Threads that the interpreter joins at exit (non-daemon), besides the main one."""
+    return [t for t in threading.enumerate() if t.is_alive() and not t.daemon and t is not threading.main_thread()]
+
+
+_exit_status = pytest.StashKey[int]()
+EXIT_GRACE_S = 60.0
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Name and end what would keep the run from ending once its summary is printed: a run whose tests all
+    passed once held CI until its time limit. Processes a test left behind (they hold CI's output pipe) are
+    killed; their names, and those of threads the interpreter would join, are printed for a fix."""
+    session.config.stash[_exit_status] = int(exitstatus)
+    threads = [t.name for t in _threads_left()]
+    processes = _processes_left()
+    # multiprocessing's resource tracker and forkserver end with this process: they are not leftovers.
+    processes = [p for p in processes if "resource_tracker" not in p and "forkserver" not in p]
+    if threads or processes:
+        print(f"\nat session end: non-daemon threads {threads}, processes left {processes}", file=sys.stderr)
+    for line in processes:
+        with contextlib.suppress(OSError):
+            os.kill(int(line.split()[1]), signal.SIGKILL)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Exit with the session's status even if a thread a test started never ends (the interpreter would join
+    it forever): such threads get EXIT_GRACE_S, are named, and the process then exits without joining them."""
+    if _exit_status not in config.stash:
+        return
+    deadline = time.monotonic() + EXIT_GRACE_S
+    for thread in _threads_left():
+        thread.join(max(0.0, deadline - time.monotonic()))
+    if stuck := [t.name for t in _threads_left()]:
+        print(f"threads still running {EXIT_GRACE_S:g} s after the session: {stuck}; exiting without them", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(config.stash[_exit_status])
