@@ -4,6 +4,7 @@ local HTTP server with hostile endpoints."""
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import signal
 import sys
@@ -11,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from hypothesis import settings
@@ -110,7 +111,15 @@ def hostile_server(clip_for_sources: Path) -> Iterator[str]:
         yield url
 
 
-def _processes_left() -> list[str]:
+class Leftover(NamedTuple):
+    pid: int
+    parent: int
+    command: str
+    orphan: bool  # adopted by init (or a subreaper), not a descendant of pytest any more
+    line: tuple[int, ...]  # its ancestors, parent first
+
+
+def _processes_left() -> list[Leftover]:
     """Processes of this process group that descend from this one, or were orphaned (their ancestry no longer
     reaches this process's parents): what would hold CI's output pipe open after pytest has exited.
     Siblings in a shell pipeline (``| tee``) share the group and are not counted."""
@@ -139,45 +148,58 @@ def _processes_left() -> list[str]:
     for pid, (pgrp, cmdline) in info.items():
         chain = ancestry(pid)
         if pgrp == os.getpgid(0) and pid != me and pid not in elders and (me in chain or not elders & set(chain)):
-            left.append(f"pid {pid} (parent {parents[pid]}): {cmdline}")
+            left.append(Leftover(pid, parents[pid], cmdline, me not in chain, tuple(chain[1:])))
     return left
 
 
-def _threads_left() -> list[threading.Thread]:
-    """Threads that the interpreter joins at exit (non-daemon), besides the main one."""
-    return [t for t in threading.enumerate() if t.is_alive() and not t.daemon and t is not threading.main_thread()]
+def _kill(processes: list[Leftover]) -> None:
+    for pid, *_ in processes:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
 
 
 _exit_status = pytest.StashKey[int]()
+# The interpreter's own exit (joining threads and decoder pools) takes seconds; a hang is what exceeds this.
 EXIT_GRACE_S = 60.0
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Name and end what would keep the run from ending once its summary is printed: a run whose tests all
-    passed once held CI until its time limit. Processes a test left behind (they hold CI's output pipe) are
-    killed; their names, and those of threads the interpreter would join, are printed for a fix."""
+    """Processes a test left running would hold CI's output pipe open after pytest exits: orphans (no longer
+    pytest's descendants, still in its process group) and children that multiprocessing does not end at
+    exit (a subprocess never waited for). They are named and killed. Decoder pools, vLLM's helpers and
+    multiprocessing's own resource tracker and forkserver end with the interpreter's exit."""
     session.config.stash[_exit_status] = int(exitstatus)
-    threads = [t.name for t in _threads_left()]
-    processes = _processes_left()
-    # multiprocessing's resource tracker and forkserver end with this process: they are not leftovers.
-    processes = [p for p in processes if "resource_tracker" not in p and "forkserver" not in p]
-    if threads or processes:
-        print(f"\nat session end: non-daemon threads {threads}, processes left {processes}", file=sys.stderr)
-    for line in processes:
-        with contextlib.suppress(OSError):
-            os.kill(int(line.split()[1]), signal.SIGKILL)
+    managed = {child.pid for child in multiprocessing.active_children()}
+    helpers = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
+    stray = [
+        p
+        for p in _processes_left()
+        if p.orphan or not (managed & {p.pid, *p.line} or any(helper in p.command for helper in helpers))
+    ]
+    if stray:
+        print(f"\nprocesses left by the tests, killed: {stray}", file=sys.stderr)
+        _kill(stray)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    """Exit with the session's status even if a thread a test started never ends (the interpreter would join
-    it forever): such threads get EXIT_GRACE_S, are named, and the process then exits without joining them."""
+    """A run whose tests all passed once held CI until its time limit. The exit that follows the summary
+    (the interpreter joins every non-daemon thread and decoder pool) gets EXIT_GRACE_S; past that, what
+    holds it is named, the processes are killed, and pytest exits with the session's status."""
     if _exit_status not in config.stash:
         return
-    deadline = time.monotonic() + EXIT_GRACE_S
-    for thread in _threads_left():
-        thread.join(max(0.0, deadline - time.monotonic()))
-    if stuck := [t.name for t in _threads_left()]:
-        print(f"threads still running {EXIT_GRACE_S:g} s after the session: {stuck}; exiting without them", file=sys.stderr)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(config.stash[_exit_status])
+    status = config.stash[_exit_status]
+
+    def watch() -> None:
+        time.sleep(EXIT_GRACE_S)
+        threads = [t.name for t in threading.enumerate() if t.is_alive() and not t.daemon]
+        processes = _processes_left()
+        print(
+            f"pytest had not exited {EXIT_GRACE_S:g} s after the session; threads {threads}, "
+            f"processes {processes}: ending them",
+            file=sys.stderr,
+            flush=True,
+        )
+        _kill(processes)
+        os._exit(status)
+
+    threading.Thread(target=watch, name="exit-watchdog", daemon=True).start()

@@ -98,7 +98,7 @@ def test_a_follow_up_question_is_answered_from_the_segments_without_fetching_or_
     def forbidden(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("a context job fetched or decoded media")
 
-    for module, name in [(worker.job.video, "fetch_video"), (worker.job.image, "fetch_media"),
+    for module, name in [(worker.job.video, "fetch_video"), (worker.job.image, "fetch"),
                          (worker.job.video, "plan_video"), (worker.media.video, "decode_span")]:
         monkeypatch.setattr(module, name, forbidden)
     engine.requests.clear()
