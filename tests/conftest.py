@@ -116,7 +116,7 @@ class Leftover(NamedTuple):
     parent: int
     command: str
     orphan: bool  # adopted by init (or a subreaper), not a descendant of pytest any more
-    line: tuple[int, ...]  # its ancestors, parent first
+    ancestors: tuple[int, ...]  # parent first
 
 
 def _processes_left() -> list[Leftover]:
@@ -142,12 +142,12 @@ def _processes_left() -> list[Leftover]:
             pid = parents[pid]
         return chain
 
-    me = os.getpid()
+    me, group = os.getpid(), os.getpgid(0)
     elders = set(ancestry(me)) - {me, 1}  # an orphan is adopted by init (pid 1)
     left = []
     for pid, (pgrp, cmdline) in info.items():
         chain = ancestry(pid)
-        if pgrp == os.getpgid(0) and pid != me and pid not in elders and (me in chain or not elders & set(chain)):
+        if pgrp == group and pid != me and pid not in elders and (me in chain or not elders & set(chain)):
             left.append(Leftover(pid, parents[pid], cmdline, me not in chain, tuple(chain[1:])))
     return left
 
@@ -174,7 +174,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     stray = [
         p
         for p in _processes_left()
-        if p.orphan or not (managed & {p.pid, *p.line} or any(helper in p.command for helper in helpers))
+        if p.orphan or not (managed & {p.pid, *p.ancestors} or any(helper in p.command for helper in helpers))
     ]
     if stray:
         print(f"\nprocesses left by the tests, killed: {stray}", file=sys.stderr)

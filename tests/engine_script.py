@@ -1,5 +1,5 @@
-"""Running a test's engine script (``python -m tests.<name>_engines MODEL WORK OUT``) in its own process: vLLM
-spawns its engine core, so the code that builds an engine must run as a ``__main__`` of its own."""
+"""Running a test's engine script in its own process: vLLM spawns its engine core, so the code that builds
+an engine must run as a ``__main__`` of its own. The script writes its findings as JSON for the test."""
 
 from __future__ import annotations
 
@@ -14,18 +14,25 @@ from tests.conftest import KV_CACHE_GIB
 from tests.local_api import ROOT
 
 
-def run_engine_script(module: str, model: Path, work: Path) -> Any:
-    """What ``module`` wrote to ``work/runs.json`` after running on ``model`` with the tests' absolute KV-cache
-    budget; its stderr's tail is the failure message when it exits non-zero."""
-    out = work / "runs.json"
+def run_script(args: list[str], out: Path, *, timeout: float, env: dict[str, str] | None = None) -> Any:
+    """What ``python -m ARGS`` (run from the repository root, with ``env`` added) wrote to ``out``; its
+    stderr's tail is the failure message when it exits non-zero."""
     run = subprocess.run(
-        [sys.executable, "-m", module, str(model), str(work), str(out)],
+        [sys.executable, "-m", *args],
         cwd=ROOT,
-        env=os.environ | {"VLLM_CPU_KVCACHE_SPACE": KV_CACHE_GIB},
+        env=os.environ | (env or {}),
         capture_output=True,
         text=True,
-        timeout=840,
+        timeout=timeout,
         check=False,
     )
-    assert run.returncode == 0, run.stderr[-6000:]
+    assert run.returncode == 0, run.stderr[-8000:]
     return json.loads(out.read_text())
+
+
+def run_engine_script(module: str, model: Path, work: Path) -> Any:
+    """What ``python -m MODULE MODEL WORK OUT`` wrote to ``work/runs.json`` after running on ``model`` with
+    the tests' absolute KV-cache budget."""
+    out = work / "runs.json"
+    budget = {"VLLM_CPU_KVCACHE_SPACE": KV_CACHE_GIB}
+    return run_script([module, str(model), str(work), str(out)], out, timeout=840, env=budget)

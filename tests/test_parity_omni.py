@@ -9,40 +9,26 @@ One engine start, in a process of its own."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
 from tests.conftest import KV_CACHE_GIB
+from tests.engine_script import run_script
 from worker.media.audio import AudioClip
 from worker.media.frames import DecodedFrames
 from worker.media.probe import Probe
 from worker.models.adapters.base import MediaLimits
 from worker.models.adapters.qwen2_5_omni import Qwen25OmniAdapter
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 @pytest.fixture(scope="module")
 def omni_parity(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     work = tmp_path_factory.mktemp("parity-omni")
     out = work / "result.json"
-    run = subprocess.run(
-        [sys.executable, "-m", "worker.devtools.parity.omni", str(out), "--work", str(work)]
-        + ["--kv-cache-gib", KV_CACHE_GIB],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=1100,
-        check=False,
-    )
-    assert run.returncode == 0, run.stderr[-8000:]
-    return json.loads(out.read_text())
+    args = ["worker.devtools.parity.omni", str(out), "--work", str(work), "--kv-cache-gib", KV_CACHE_GIB]
+    return run_script(args, out, timeout=1100)
 
 
 @pytest.mark.engine

@@ -7,10 +7,6 @@ grid, M-RoPE positions and the first 24 greedy ids equal for a video with its so
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,10 +14,10 @@ import pytest
 import torch
 
 from tests.conftest import KV_CACHE_GIB
+from tests.engine_script import run_script
 from worker.devtools.parity.salmonn import prompt_text, rope_index, split_into_groups
 from worker.models.vllm_plugin.salmonn_layout import audio_split, av_block_positions
 
-ROOT = Path(__file__).resolve().parent.parent
 CASES = ["salmonn video + sound", "salmonn video + sound 0.25 fps", "salmonn video", "salmonn image"]
 
 
@@ -29,17 +25,8 @@ CASES = ["salmonn video + sound", "salmonn video + sound 0.25 fps", "salmonn vid
 def salmonn_parity(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     work = tmp_path_factory.mktemp("parity-salmonn")
     out = work / "result.json"
-    run = subprocess.run(
-        [sys.executable, "-m", "worker.devtools.parity.salmonn_check", str(out), "--work", str(work)]
-        + ["--kv-cache-gib", KV_CACHE_GIB],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=1100,
-        check=False,
-    )
-    assert run.returncode == 0, run.stderr[-8000:]
-    return json.loads(out.read_text())
+    args = ["worker.devtools.parity.salmonn_check", str(out), "--work", str(work), "--kv-cache-gib", KV_CACHE_GIB]
+    return run_script(args, out, timeout=1100)
 
 
 @pytest.mark.engine

@@ -4,14 +4,11 @@ frames with different sound are never mixed up by the processor cache."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from typing import Any
 
 import pytest
 
-from tests.local_api import ROOT
+from tests.engine_script import run_script
 from worker.devtools.dummy_model import build_dummy_model
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(900)]
@@ -22,16 +19,7 @@ def engine_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     work = tmp_path_factory.mktemp("salmonn-engines")
     model = build_dummy_model(work / "tiny-salmonn", "video_salmonn2_plus", "tiny")
     out = work / "runs.json"
-    run = subprocess.run(
-        [sys.executable, "-m", "tests.salmonn_engines", str(model), str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=840,
-        check=False,
-    )
-    assert run.returncode == 0, run.stderr[-6000:]
-    return json.loads(out.read_text())
+    return run_script(["tests.salmonn_engines", str(model), str(out)], out, timeout=840)
 
 
 def test_visual_only_is_native_qwen2_5_vl(engine_runs: dict[str, Any]) -> None:
