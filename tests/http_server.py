@@ -25,6 +25,9 @@ def gzip_bomb() -> bytes:
 
 class HostileServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's backlog of 5 drops connections from a busy test (16 jobs at once); each dropped SYN is
+    # retried only after 1 s, then 2 s more, which a download deadline then counts.
+    request_queue_size = 128
     clip: bytes = b""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

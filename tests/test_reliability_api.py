@@ -121,9 +121,9 @@ def _alive(pid: int) -> bool:
 @pytest.fixture(scope="module")
 def worker(worker_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
     log = tmp_path_factory.mktemp("logs") / "reliability_api.log"
-    # Short, so the stalling-server cases end quickly, yet 5 s above the slow clip's 1 s wait: on CI's two
-    # cores under 16 jobs, a 1.5 s wait once took longer than a 3 s deadline.
-    env = worker_env | SECRETS | {"DOWNLOAD_TIMEOUT": "6"}
+    # Short, so the stalling-server cases end quickly, yet far above the slow clip's 1 s wait: on CI's two
+    # cores under 16 jobs, a 1.5 s wait once took longer than a 3 s deadline, and a 1 s one longer than 6 s.
+    env = worker_env | SECRETS | {"DOWNLOAD_TIMEOUT": "15"}
     with serve_api(env, log) as url:
         port = url.rsplit(":", 1)[1]
         pids = [
