@@ -9,6 +9,7 @@ vLLM starts its engine in a child process: call ``run_parity`` from a ``__main__
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,9 @@ def run_parity(
     (float32 unless the settings name another)."""
     folder = Path(settings.model_name)
     family = family or family_of(folder)
+    # On a GPU, vLLM forks its engine core unless CUDA is already initialised; a caller that asked
+    # torch.cuda.is_available() first leaves a fork that cannot use CUDA (seen on the H200). Spawn is safe always.
+    os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
     runs = run_worker(settings, [case.worker_job() for case in cases])
     dtype = getattr(torch, settings.dtype) if settings.dtype not in ("auto", "float") else torch.float32
     reference = reference_for(family)(folder, device=device, dtype=dtype)
