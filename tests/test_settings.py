@@ -151,6 +151,28 @@ def test_a_value_vllm_refuses_stops_the_start_with_a_clear_error(
         slot.get()
 
 
+@pytest.mark.parametrize("family", ["video_salmonn2", "qwen2_5_omni"])
+def test_a_plugin_model_without_the_installed_entry_point_stops_the_start_by_name(
+    engine_config: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, family: str
+) -> None:
+    # Without the project installed, vLLM's spawned processes never load the plugins: the original
+    # video-SALMONN 2's config is unknown there (seen on the H200 as KeyError 'video_salmonn_2') and
+    # Qwen2.5-Omni would quietly run vLLM's own class. The start names the cause and the one command.
+    import importlib.metadata
+
+    from worker.devtools.dummy_model import build_dummy_model
+
+    folder = build_dummy_model(tmp_path / family, family, "tiny")
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda **_: [])
+    with pytest.raises(EngineError) as refused:
+        engine_config(model_name=str(folder))
+    message = refused.value.message
+    assert "model plugins are not registered" in message
+    assert "pip install --no-deps --no-build-isolation -e ." in message
+    # The families vLLM serves itself need no plugin: the tiny Qwen2.5-VL still reaches its configuration.
+    assert engine_config().model_config.architectures == ["Qwen2_5_VLForConditionalGeneration"]
+
+
 def test_a_cpu_engine_gets_a_kv_cache_budget_unless_the_deployment_chose(
     engine_config: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from worker.models import vllm_plugin
 from worker.models.adapters import MediaLimits, ModelAdapter, adapter_for
 from worker.config import Settings
 from worker.api.errors import EngineError, UnsupportedInputError, ValidationError
@@ -84,11 +85,21 @@ class Engine:
 
         from worker.engine_warmup import early_warm_up
 
-        load_general_plugins()  # before the config: the plugins teach transformers the original video-SALMONN 2's
-        hf_config = AutoConfig.from_pretrained(
-            settings.model_name, revision=settings.model_revision, trust_remote_code=settings.trust_remote_code
-        )
-        adapter = adapter_for(getattr(hf_config, "architectures", None))
+        # Before the config: the plugins teach transformers the original video-SALMONN 2's config type.
+        load_general_plugins()
+        plugins = vllm_plugin.registered()
+        try:
+            hf_config = AutoConfig.from_pretrained(
+                settings.model_name, revision=settings.model_revision, trust_remote_code=settings.trust_remote_code
+            )
+        except (KeyError, ValueError) as exc:  # an unknown model_type: a plugin's, when the plugins are missing
+            if not plugins:
+                raise EngineError(vllm_plugin.NOT_REGISTERED.format(what=settings.model_name) + f" ({exc!r})") from exc
+            raise
+        architectures = getattr(hf_config, "architectures", None)
+        if not plugins and (needed := vllm_plugin.served_by_plugin(architectures)):
+            raise EngineError(vllm_plugin.NOT_REGISTERED.format(what=", ".join(needed)))
+        adapter = adapter_for(architectures)
         pixels = _pixel_limits(settings, adapter.has_hf_processor)
         limits = MediaLimits(settings.max_frames_limit, pixels.video.max_pixels, pixels.image.max_pixels)
         args = AsyncEngineArgs(

@@ -15,6 +15,26 @@ ARCHITECTURES = {
 }
 # Architectures vLLM serves itself that the worker's class (vLLM's own, put right) replaces.
 REPLACED = frozenset({"Qwen2_5OmniModel", "Qwen2_5OmniForConditionalGeneration"})
+# pyproject.toml's entry point: vLLM's spawned processes find the plugins only through it.
+ENTRY_POINT = "worker.models.vllm_plugin:register"
+NOT_REGISTERED = (
+    "the worker's vLLM model plugins are not registered in this Python environment, so vLLM's processes "
+    "cannot load {what}: install the project once (`pip install --no-deps --no-build-isolation -e .` in the "
+    "repository, as the Dockerfile and setup_test_env.sh do)"
+)
+
+
+def registered() -> bool:
+    """Whether this environment carries the entry point, so that every process vLLM starts registers the
+    plugins. Without it a plugin's model fails to start, or, for Qwen2.5-Omni, quietly runs vLLM's own class."""
+    from importlib.metadata import entry_points
+
+    return any(ep.value == ENTRY_POINT for ep in entry_points(group="vllm.general_plugins"))
+
+
+def served_by_plugin(architectures: list[str] | None) -> list[str]:
+    """The architectures among ``architectures`` that only this worker's plugins serve (or serve right)."""
+    return [arch for arch in architectures or [] if arch in ARCHITECTURES]
 
 
 def register() -> None:
