@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import os
 import re
 import time
 from collections import defaultdict
@@ -99,7 +100,8 @@ def run(tiny_model: Path, media_dir: Path, work_dir: Path) -> Iterator[Callable[
     yield measure
     loop.close()
     if limited:
-        libc.mallopt(M_ARENA_MAX, 0)  # glibc's default number of arenas again
+        # glibc's own limit again (8 arenas per core on 64-bit): mallopt ignores 0, so "unset" cannot be restored.
+        libc.mallopt(M_ARENA_MAX, 8 * (os.cpu_count() or 1))
 
 
 @pytest.fixture(scope="module")
